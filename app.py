@@ -1,0 +1,480 @@
+"""The reverse API: an OpenAI-compatible Flask service in front of web chat providers.
+
+Routes, error rendering, upstream calls and serving; the other modules hold no Flask or requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
+from pathlib import Path
+from typing import Any
+
+import requests
+from flask import Flask, Response, current_app, g, jsonify, request
+from requests.adapters import HTTPAdapter
+from werkzeug.exceptions import HTTPException
+
+from converters import (
+    REASONING_FORMATS,
+    ApiError,
+    ChatRequest,
+    CompletionMeta,
+    Delta,
+    build_create_chat_body,
+    build_qwen_payload,
+    completion_from_deltas,
+    error_from_upstream,
+    fold_messages,
+    iter_chunks,
+    iter_qwen_deltas,
+    iter_reasoning_format,
+    thinking_choice,
+    upstream_error,
+    validate_chat_request,
+)
+from provider_loader import (
+    MissingVariables,
+    Provider,
+    Registry,
+    default_providers_dir,
+    determine_provider,
+    fill_headers,
+    fill_placeholders,
+    is_plain_name,
+    load_providers,
+)
+from streaming import DONE, SseLineTooLong, format_sse, iter_data, iter_sse_bytes, iter_sse_events
+
+DEFAULTS = {
+    "HOST": "127.0.0.1",
+    "PORT": 5000,
+    "PROVIDERS_DIR": None,  # None means porviders/ next to this file
+    "UPSTREAM_TIMEOUT": 60.0,
+    "REASONING_FORMAT": "reasoning_content",
+    "POOL_SIZE": 64,
+}
+ENV_TYPES = {"PORT": int, "UPSTREAM_TIMEOUT": float, "POOL_SIZE": int}
+READ_CHUNK = 64 * 1024
+ERROR_BODY_BYTES = 64 * 1024
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+log = logging.getLogger("reverse_api")
+
+
+@dataclass
+class Services:
+    """What the app keeps between requests: the loaded providers and one HTTP pool each."""
+
+    registry: Registry
+    sessions: dict[str, requests.Session]
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then explicit overrides (tests)."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.update(_config_from_env())
+    app.config.update(config or {})
+    _check_config(app.config)
+    registry = load_providers(Path(app.config["PROVIDERS_DIR"] or default_providers_dir()))
+    for name, reason in registry.errors.items():
+        log.error("provider %s not loaded: %s", name, reason)
+    sessions = {name: _new_session(app.config["POOL_SIZE"]) for name in registry.providers}
+    app.extensions["reverse_api"] = Services(registry, sessions)
+    _register_hooks(app)
+    _register_routes(app)
+    return app
+
+
+def _config_from_env() -> dict:
+    found = {}
+    for key in DEFAULTS:
+        value = os.environ.get(key)
+        if value not in (None, ""):
+            found[key] = _convert(key, value)
+    return found
+
+
+def _convert(key: str, value: str) -> Any:
+    try:
+        return ENV_TYPES.get(key, str)(value)
+    except ValueError:
+        raise SystemExit(f"Environment variable {key}={value!r} is not a valid {ENV_TYPES[key].__name__}") from None
+
+
+def _check_config(config: dict) -> None:
+    if config["REASONING_FORMAT"] not in REASONING_FORMATS:
+        raise SystemExit(f"REASONING_FORMAT must be one of {', '.join(REASONING_FORMATS)}")
+
+
+def _new_session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    # The service is stateless: upstream Set-Cookie must not leak from one client's call to the next.
+    session.cookies.set_policy(_RejectCookies())
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class _RejectCookies(DefaultCookiePolicy):
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+
+def _services() -> Services:
+    return current_app.extensions["reverse_api"]
+
+
+# --- hooks and errors --------------------------------------------------------------------
+
+
+def _register_hooks(app: Flask) -> None:
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.register_error_handler(ApiError, render_api_error)
+    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(Exception, _render_unexpected)
+
+
+def _start_request() -> None:
+    g.request_id = "req_" + uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers["x-request-id"] = g.get("request_id", "")
+    elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    log.info("%s %s %s %d %.1fms", g.get("request_id"), request.method, request.path, response.status_code, elapsed)
+    return response
+
+
+def render_api_error(error: ApiError) -> Response:
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def _render_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    message = error.description or error.name
+    if status == 404:
+        message = f"Unknown route {request.method} {request.path}. This service serves /v1/chat/completions, /v1/models and /health."
+    elif status == 405:
+        message = f"Method {request.method} is not allowed for {request.path}."
+    api_error = ApiError(message, status=status, type=_error_type(status), code=_error_code(status))
+    response = render_api_error(api_error)
+    if status == 405 and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+def _error_type(status: int) -> str:
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def _error_code(status: int) -> str | None:
+    return {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
+
+
+def _render_unexpected(error: Exception) -> Response:
+    log.exception("%s unexpected error", g.get("request_id"))
+    message = f"Internal server error (request {g.get('request_id')})."
+    return render_api_error(ApiError(message, status=500, type="server_error", code="internal_error"))
+
+
+# --- routes ------------------------------------------------------------------------------
+
+
+def _register_routes(app: Flask) -> None:
+    app.add_url_rule("/health", view_func=health, methods=["GET"])
+    app.add_url_rule("/v1/models", view_func=list_models, methods=["GET"])
+    app.add_url_rule("/v1/models/<path:model_id>", view_func=retrieve_model, methods=["GET"])
+    app.add_url_rule("/v1/chat/completions", view_func=chat_completions, methods=["POST"])
+
+
+def health() -> Response:
+    registry = _services().registry
+    providers: dict[str, dict] = {}
+    for name, provider in registry.providers.items():
+        missing = [n for n in provider.required_variables() if not os.environ.get(n)]
+        providers[name] = {"loaded": True, "credentials_set": not missing, "missing_variables": missing}
+    for name, reason in registry.errors.items():
+        providers[name] = {"loaded": False, "error": reason}
+    healthy = all(p["loaded"] and p["credentials_set"] for p in providers.values())
+    return jsonify({"status": "ok" if healthy else "degraded", "providers": providers})
+
+
+def list_models() -> Response:
+    data = []
+    for name in sorted(_services().registry.providers):
+        provider = _services().registry.providers[name]
+        data.extend(model_object(model, provider) for model in provider.models)
+    return jsonify({"object": "list", "data": data})
+
+
+def retrieve_model(model_id: str) -> Response:
+    provider = determine_provider(_services().registry.providers, model_id)
+    if provider is None:
+        raise ApiError(f"The model '{model_id}' does not exist.", status=404, param="model", code="model_not_found")
+    return jsonify(model_object(model_id, provider))
+
+
+def model_object(model_id: str, provider: Provider) -> dict:
+    return {"id": model_id, "object": "model", "created": provider.created, "owned_by": provider.owned_by}
+
+
+def chat_completions() -> Response:
+    chat_request = validate_chat_request(_json_body())
+    provider = resolve_provider(chat_request)
+    meta = CompletionMeta.new(chat_request.model)
+    deltas = open_reply(provider, chat_request)
+    # Pull the first delta before answering, so upstream failures still get a real HTTP status.
+    deltas = _prepend(next(deltas), deltas)
+    deltas = iter_reasoning_format(deltas, current_app.config["REASONING_FORMAT"])
+    if chat_request.stream:
+        body = iter_stream_body(deltas, meta, chat_request.include_usage)
+        return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
+    return jsonify(completion_from_deltas(deltas, meta))
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError("The request body is not valid JSON.", code="invalid_json") from None
+
+
+def resolve_provider(chat_request: ChatRequest) -> Provider:
+    """The explicit ``provider`` field wins; otherwise the model name decides."""
+    registry = _services().registry
+    name = chat_request.provider
+    if name is None:
+        provider = determine_provider(registry.providers, chat_request.model)
+        if provider is None:
+            raise ApiError(
+                f'No provider found for model "{chat_request.model}". '
+                "Please specify a provider or use a supported model.",
+                status=404,
+                param="model",
+                code="provider_not_found",
+            )
+        return provider
+    if not is_plain_name(name):
+        raise ApiError("'provider' must be a plain provider folder name.", param="provider", code="invalid_provider")
+    if name in registry.errors:
+        raise ApiError(f'Provider "{name}" failed to load: {registry.errors[name]}', status=503,
+                       type="server_error", param="provider", code="provider_unavailable", retryable=False)
+    if name not in registry.providers:
+        known = ", ".join(sorted(registry.providers)) or "none"
+        raise ApiError(f'Provider "{name}" not found (available: {known}).', status=404,
+                       param="provider", code="provider_not_found")
+    return registry.providers[name]
+
+
+def iter_stream_body(deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool) -> Iterator[bytes]:
+    """SSE bytes for the client; an error after the first byte becomes an error event."""
+    try:
+        yield from iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
+    except ApiError as exc:
+        log.warning("stream %s ended with an error: %s", meta.id, exc.message)
+        yield format_sse(exc.to_dict())
+        yield DONE
+    finally:
+        deltas.close()
+
+
+def _prepend(first: Delta, rest: Iterator[Delta]) -> Iterator[Delta]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        rest.close()
+
+
+# --- the upstream ------------------------------------------------------------------------
+
+
+def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]:
+    """Start the upstream reply and return its deltas (the connection closes with the iterator)."""
+    model, thinking = thinking_choice(chat_request.model, chat_request.reasoning_effort)
+    text = fold_messages(chat_request.messages)
+    now = time.time()
+    chat_id = create_chat(provider, model, now) if provider.create_chat else ""
+    variables = request_variables(provider, model, chat_id, now)
+    headers = _fill_headers(provider, provider.request.headers, variables)
+    payload = build_qwen_payload(_fill(provider, provider.payload, variables), model, text, thinking, chat_id, now)
+    url = provider.base_url + _fill(provider, provider.request.path, variables)
+    response = send_upstream(provider, provider.request.method, url, headers, payload)
+    return iter_upstream_deltas(provider, response)
+
+
+def create_chat(provider: Provider, model: str, now: float) -> str:
+    """Open a chat when the provider declares that step (Qwen v2); return its id."""
+    step = provider.create_chat
+    variables = request_variables(provider, model, "", now)
+    headers = _fill_headers(provider, _with_overrides(provider.request.headers, step.headers), variables)
+    body = build_create_chat_body(_fill(provider, provider.create_chat_body, variables), model, now)
+    url = provider.base_url + _fill(provider, step.path, variables)
+    response = send_upstream(provider, step.method, url, headers, body)
+    with response:
+        data = _read_json_answer(provider, response)
+    chat_id = _dig(data, provider.create_chat_id_field)
+    if not isinstance(chat_id, str) or not SAFE_ID.match(chat_id):
+        raise upstream_error(f"The upstream did not return a usable chat id at '{provider.create_chat_id_field}'.")
+    return chat_id
+
+
+def request_variables(provider: Provider, model: str, chat_id: str, now: float) -> dict[str, Any]:
+    """Environment variables plus the per-request values placeholders may use."""
+    values: dict[str, Any] = dict(os.environ)
+    values.update(
+        chat_id=chat_id,
+        uuid=str(uuid.uuid4()),
+        timestamp=int(now),
+        timestamp_ms=int(now * 1000),
+        model=model,
+    )
+    return values
+
+
+def _with_overrides(headers: tuple[tuple[str, str], ...], overrides: tuple[tuple[str, str], ...]) -> list:
+    replaced = {name.lower() for name, _ in overrides}
+    return [h for h in headers if h[0].lower() not in replaced] + list(overrides)
+
+
+def _fill(provider: Provider, value: Any, variables: dict) -> Any:
+    try:
+        return fill_placeholders(value, variables)
+    except MissingVariables as exc:
+        raise _missing_variables_error(provider, exc) from None
+
+
+def _fill_headers(provider: Provider, headers: Any, variables: dict) -> dict[str, str]:
+    try:
+        filled = fill_headers(headers, variables, provider.optional_variables)
+    except MissingVariables as exc:
+        raise _missing_variables_error(provider, exc) from None
+    for name, value in filled.items():
+        if "\r" in value or "\n" in value:
+            raise ApiError(f'Provider "{provider.name}": header {name} would contain a line break.',
+                           status=500, type="server_error", code="invalid_header", retryable=False)
+    return filled
+
+
+def _missing_variables_error(provider: Provider, exc: MissingVariables) -> ApiError:
+    names = ", ".join(exc.names)
+    return ApiError(
+        f'Provider "{provider.name}" is missing its credential: set {names} in the environment or in .env.',
+        status=401,
+        type="authentication_error",
+        code="upstream_credential_missing",
+        retryable=False,
+    )
+
+
+def send_upstream(provider: Provider, method: str, url: str, headers: dict, payload: Any) -> requests.Response:
+    """The one place that calls the upstream; transport failures become ApiError."""
+    session = _services().sessions[provider.name]
+    timeout = current_app.config["UPSTREAM_TIMEOUT"]
+    try:
+        return session.request(method, url, headers=headers, json=payload, stream=True, timeout=timeout,
+                               allow_redirects=False)
+    except requests.Timeout:
+        raise upstream_error(f"The upstream did not answer within {timeout:g} s.", status=504,
+                             code="upstream_timeout") from None
+    except requests.RequestException as exc:
+        raise upstream_error(f"Could not reach the upstream {provider.host}: {type(exc).__name__}.",
+                             code="upstream_unreachable") from None
+
+
+def _read_json_answer(provider: Provider, response: requests.Response) -> Any:
+    body = _read_error_body(response)
+    content_type = response.headers.get("Content-Type", "")
+    if response.status_code >= 300 or "json" not in content_type:
+        raise error_from_upstream(response.status_code, content_type, body, _credential_name(provider))
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise upstream_error("The upstream answered with invalid JSON.") from None
+    if isinstance(data, dict) and data.get("success") is False:
+        raise error_from_upstream(response.status_code, content_type, body, _credential_name(provider))
+    return data
+
+
+def _read_error_body(response: requests.Response) -> str:
+    try:
+        raw = response.raw.read(ERROR_BODY_BYTES, decode_content=True)
+    except (requests.RequestException, OSError, Exception) as exc:  # urllib3 errors have no common base
+        raise upstream_error(f"The upstream connection failed while reading: {type(exc).__name__}.") from None
+    return raw.decode("utf-8", errors="replace")
+
+
+def iter_upstream_deltas(provider: Provider, response: requests.Response) -> Iterator[Delta]:
+    """Check the upstream answer, then parse its SSE stream; always release the connection."""
+    try:
+        content_type = response.headers.get("Content-Type", "")
+        if response.status_code != 200 or "text/event-stream" not in content_type:
+            body = _read_error_body(response)
+            raise error_from_upstream(response.status_code, content_type, body, _credential_name(provider))
+        yield from iter_qwen_deltas(iter_data(iter_sse_events(iter_raw_chunks(response))))
+    except SseLineTooLong as exc:
+        raise upstream_error(f"The upstream sent {exc}.") from None
+    finally:
+        response.close()
+
+
+def iter_raw_chunks(response: requests.Response) -> Iterator[bytes]:
+    """Bytes as they arrive: ``read1`` returns whatever is there, so no event is held back."""
+    timeout = current_app.config["UPSTREAM_TIMEOUT"]
+    try:
+        while True:
+            chunk = response.raw.read1(READ_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    except Exception as exc:  # urllib3 raises its own types; name the failure, never a 500
+        if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+            raise upstream_error(f"The upstream stopped sending for {timeout:g} s.", status=504,
+                                 code="upstream_timeout") from None
+        raise upstream_error(f"The upstream connection failed mid-reply: {type(exc).__name__}.",
+                             code="upstream_disconnected") from None
+
+
+def _credential_name(provider: Provider) -> str:
+    names = provider.required_variables()
+    return names[0] if names else "the provider's credential"
+
+
+def _dig(data: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    from dotenv import load_dotenv
+
+    load_dotenv(Path(__file__).with_name(".env"))
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    app.run(host=app.config["HOST"], port=app.config["PORT"], threaded=True)
+
+
+if __name__ == "__main__":
+    main()

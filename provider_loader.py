@@ -1,0 +1,359 @@
+"""Provider folders: parse metadata.json, header.txt and payload.json into Provider objects.
+
+Also picks the provider for a model and fills ``${NAME}`` placeholders at request time.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METADATA_FILE = "metadata.json"
+HEADER_FILE = "header.txt"
+PAYLOAD_FILE = "payload.json"
+
+# requests owns these; a browser's "br, zstd" would also break decoding without extra packages.
+DROPPED_HEADERS = frozenset({"host", "content-length", "connection", "accept-encoding"})
+KNOWN_DIALECTS = ("qwen",)
+KNOWN_METADATA_KEYS = frozenset(
+    {
+        "host",
+        "scheme",
+        "dialect",
+        "models",
+        "patterns",
+        "owned_by",
+        "created",
+        "description",
+        "optional_variables",
+        "create_chat",
+    }
+)
+KNOWN_CREATE_CHAT_KEYS = frozenset({"method", "path", "headers", "body", "id_field"})
+
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Upper-case names come from the environment; lower-case ones are filled per request.
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model"})
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+REQUEST_LINE = re.compile(r"^([A-Z]+) (/\S*) HTTP/[0-9.]+$")
+
+
+class ProviderError(Exception):
+    """A provider folder that cannot be used; the message names folder, file and reason."""
+
+
+class MissingVariables(Exception):
+    """Placeholders whose environment variables are unset or empty."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = sorted(set(names))
+        super().__init__("Missing variables: " + ", ".join(self.names))
+
+
+@dataclass(frozen=True)
+class CapturedRequest:
+    """A request as copied from the browser: method, path and headers (in file order)."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One provider folder, validated and ready to build upstream requests from."""
+
+    name: str
+    host: str
+    scheme: str
+    dialect: str
+    request: CapturedRequest
+    payload: dict = field(hash=False, compare=False)
+    models: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    owned_by: str = ""
+    created: int = 0
+    optional_variables: frozenset[str] = frozenset()
+    create_chat: CapturedRequest | None = None
+    create_chat_body: dict | None = field(default=None, hash=False, compare=False)
+    create_chat_id_field: str = "data.id"
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> Provider:
+        """Read and validate one provider folder."""
+        metadata = _read_json(folder, METADATA_FILE)
+        _check_keys(folder / METADATA_FILE, metadata, KNOWN_METADATA_KEYS)
+        header_path = folder / HEADER_FILE
+        request = parse_header_text(_read_text(folder, HEADER_FILE), str(header_path))
+        payload = _read_json(folder, PAYLOAD_FILE)
+        create_chat = metadata.get("create_chat")
+        return cls(
+            name=folder.name,
+            host=_required_str(folder, metadata, "host"),
+            scheme=_scheme(folder, metadata),
+            dialect=_dialect(folder, metadata),
+            request=request,
+            payload=payload,
+            models=_str_tuple(folder, metadata, "models"),
+            patterns=_str_tuple(folder, metadata, "patterns"),
+            owned_by=str(metadata.get("owned_by") or folder.name),
+            created=int(metadata.get("created") or (folder / METADATA_FILE).stat().st_mtime),
+            optional_variables=frozenset(_str_tuple(folder, metadata, "optional_variables")),
+            create_chat=_create_chat_request(folder, create_chat),
+            create_chat_body=(create_chat or {}).get("body"),
+            create_chat_id_field=(create_chat or {}).get("id_field", "data.id"),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def required_variables(self) -> list[str]:
+        """Environment variables this provider cannot work without."""
+        names = set(env_names_in(self.request.headers))
+        names |= set(env_names_in(self.payload))
+        if self.create_chat:
+            names |= set(env_names_in(self.create_chat.headers))
+        return sorted(names - self.optional_variables)
+
+    def claims(self, model: str) -> bool:
+        return model in self.models or self.matches_pattern(model)
+
+    def matches_pattern(self, model: str) -> bool:
+        lowered = model.lower()
+        return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in self.patterns)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Every provider folder: the ones that loaded, and why the others did not."""
+
+    providers: dict[str, Provider]
+    errors: dict[str, str]
+
+
+def parse_header_text(text: str, source: str = HEADER_FILE) -> CapturedRequest:
+    """Parse a raw captured request: a request line, then ``Name: value`` lines."""
+    lines = text.splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        raise ProviderError(f"{source}: empty file, expected a request line like 'POST /path HTTP/1.1'")
+    first_no, first = numbered[0]
+    match = REQUEST_LINE.match(first.strip())
+    if not match:
+        raise ProviderError(f"{source}, line {first_no}: expected 'METHOD /path HTTP/1.1', got {first.strip()[:80]!r}")
+    headers = [_parse_header_line(line, n, source) for n, line in numbered[1:]]
+    kept = [h for h in headers if h is not None and h[0].lower() not in DROPPED_HEADERS]
+    return CapturedRequest(match.group(1), match.group(2), _merge_duplicates(kept))
+
+
+def _parse_header_line(line: str, number: int, source: str) -> tuple[str, str] | None:
+    if line.startswith(":"):
+        return None  # HTTP/2 pseudo-header such as :authority; requests builds its own.
+    name, sep, value = line.partition(":")
+    if not sep or not HEADER_NAME.match(name):
+        raise ProviderError(f"{source}, line {number}: expected 'Name: value', got {line[:80]!r}")
+    return name, value.strip()
+
+
+def _merge_duplicates(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    merged: dict[str, tuple[str, str]] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key in merged:
+            glue = "; " if key == "cookie" else ", "
+            value = merged[key][1] + glue + value
+            name = merged[key][0]
+        merged[key] = (name, value)
+    return tuple(merged.values())
+
+
+def load_providers(providers_dir: Path) -> Registry:
+    """Load every sub-folder; a broken one is recorded in ``errors`` and the rest still load."""
+    providers: dict[str, Provider] = {}
+    errors: dict[str, str] = {}
+    if not providers_dir.is_dir():
+        return Registry(providers, {"*": f"{providers_dir}: providers folder not found"})
+    for folder in sorted(p for p in providers_dir.iterdir() if p.is_dir()):
+        if folder.name.startswith((".", "_")):
+            continue
+        try:
+            providers[folder.name] = Provider.from_dir(folder)
+        except ProviderError as exc:
+            errors[folder.name] = str(exc)
+    return Registry(providers, errors)
+
+
+def determine_provider(providers: Mapping[str, Provider], model: str) -> Provider | None:
+    """Pick the provider for a model: explicit model lists first, then patterns; ties alphabetical."""
+    ordered = [providers[name] for name in sorted(providers)]
+    for provider in ordered:
+        if model in provider.models:
+            return provider
+    for provider in ordered:
+        if provider.matches_pattern(model):
+            return provider
+    return None
+
+
+def is_plain_name(name: str) -> bool:
+    """True for a bare folder name: no path separators, dots-only names or control characters."""
+    return bool(PLAIN_NAME.match(name)) and set(name) != {"."}
+
+
+def env_names_in(value: Any) -> list[str]:
+    """Environment placeholder names used anywhere in a JSON-like value."""
+    names: list[str] = []
+    for text in _iter_strings(value):
+        names.extend(n for n in PLACEHOLDER.findall(text) if ENV_NAME.match(n))
+    return names
+
+
+def fill_placeholders(value: Any, variables: Mapping[str, Any]) -> Any:
+    """Return a copy of a JSON-like value with every ``${NAME}`` replaced, walking the structure.
+
+    A string that is exactly one placeholder takes the variable's own type (an int stays an int).
+    :raise MissingVariables: listing every name that has no non-empty value.
+    """
+    missing: list[str] = []
+    filled = _fill(copy.deepcopy(value), variables, missing)
+    if missing:
+        raise MissingVariables(missing)
+    return filled
+
+
+def _fill(value: Any, variables: Mapping[str, Any], missing: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {key: _fill(item, variables, missing) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill(item, variables, missing) for item in value]
+    if isinstance(value, str):
+        return _fill_string(value, variables, missing)
+    return value
+
+
+def _fill_string(text: str, variables: Mapping[str, Any], missing: list[str]) -> Any:
+    whole = PLACEHOLDER.fullmatch(text)
+    if whole and variables.get(whole.group(1)) not in (None, ""):
+        return variables[whole.group(1)]
+
+    def replace(match: re.Match) -> str:
+        found = variables.get(match.group(1))
+        if found in (None, ""):
+            missing.append(match.group(1))
+            return ""
+        return str(found)
+
+    return PLACEHOLDER.sub(replace, text)
+
+
+def fill_headers(headers: Iterable[tuple[str, str]], variables: Mapping[str, Any], optional: frozenset[str]) -> dict[str, str]:
+    """Fill header values; a header whose optional variable is unset or empty is dropped."""
+    filled: dict[str, str] = {}
+    missing: list[str] = []
+    for name, value in headers:
+        used = PLACEHOLDER.findall(value)
+        if any(n in optional and variables.get(n) in (None, "") for n in used):
+            continue
+        filled[name] = _fill_string(value, variables, missing)
+    if missing:
+        raise MissingVariables(missing)
+    return filled
+
+
+def _iter_strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _iter_strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _iter_strings(item)
+
+
+def _read_text(folder: Path, name: str) -> str:
+    try:
+        return (folder / name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProviderError(f"{folder / name}: file is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProviderError(f"{folder / name}: cannot be read ({exc})") from None
+
+
+def _read_json(folder: Path, name: str) -> dict:
+    try:
+        value = json.loads(_read_text(folder, name))
+    except json.JSONDecodeError as exc:
+        raise ProviderError(f"{folder / name}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ProviderError(f"{folder / name}: expected a JSON object")
+    return value
+
+
+def _check_keys(path: Path, data: dict, known: frozenset[str]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ProviderError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def _required_str(folder: Path, metadata: dict, key: str) -> str:
+    value = metadata.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ProviderError(f"{folder / METADATA_FILE}: key {key!r} must be a non-empty string")
+    if any(c in value for c in "/\\@?# \r\n"):
+        raise ProviderError(f"{folder / METADATA_FILE}: key {key!r} must be a bare host[:port], got {value!r}")
+    return value.strip()
+
+
+def _scheme(folder: Path, metadata: dict) -> str:
+    scheme = metadata.get("scheme", "https")
+    if scheme not in ("https", "http"):
+        raise ProviderError(f"{folder / METADATA_FILE}: key 'scheme' must be 'https' or 'http'")
+    return scheme
+
+
+def _dialect(folder: Path, metadata: dict) -> str:
+    dialect = metadata.get("dialect", "qwen")
+    if dialect not in KNOWN_DIALECTS:
+        raise ProviderError(f"{folder / METADATA_FILE}: unknown dialect {dialect!r} (known: {', '.join(KNOWN_DIALECTS)})")
+    return dialect
+
+
+def _str_tuple(folder: Path, metadata: dict, key: str) -> tuple[str, ...]:
+    value = metadata.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ProviderError(f"{folder / METADATA_FILE}: key {key!r} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _create_chat_request(folder: Path, spec: Any) -> CapturedRequest | None:
+    """The optional step that opens a chat before each completion (Qwen's v2 flow)."""
+    if spec is None:
+        return None
+    source = f"{folder / METADATA_FILE}: create_chat"
+    if not isinstance(spec, dict):
+        raise ProviderError(f"{source} must be an object")
+    _check_keys(folder / METADATA_FILE, spec, KNOWN_CREATE_CHAT_KEYS)
+    path, method, headers = spec.get("path"), spec.get("method", "POST"), spec.get("headers", {})
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ProviderError(f"{source}: 'path' must start with '/'")
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ProviderError(f"{source}: 'headers' must map names to strings")
+    if not isinstance(spec.get("id_field", "data.id"), str):
+        raise ProviderError(f"{source}: 'id_field' must be a dotted path such as 'data.id'")
+    return CapturedRequest(str(method).upper(), path, tuple(headers.items()))
+
+
+def default_providers_dir() -> Path:
+    """``porviders/`` next to this file, whatever the working directory."""
+    return Path(os.path.dirname(os.path.abspath(__file__))) / "porviders"

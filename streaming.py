@@ -1,0 +1,98 @@
+"""Server-sent events in and out, as small generators over bytes.
+
+Decoding follows the WHATWG event-stream rules and is independent of how bytes are split.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+DONE = b"data: [DONE]\n\n"
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+class SseLineTooLong(Exception):
+    """A line grew past MAX_LINE_BYTES without ending."""
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One dispatched event; ``event`` is empty when the stream sent no ``event:`` field."""
+
+    data: str
+    event: str = ""
+    id: str = ""
+
+
+def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """Split bytes into lines on CR, LF or CRLF, even when a CRLF straddles two chunks."""
+    pending: list[bytes] = []
+    pending_size = 0
+    skip_lf = False
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        # A CR at the end of a chunk ends a line; an LF opening the next chunk belongs to it.
+        skip_lf = chunk.endswith(b"\r")
+        pieces = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        pending.append(pieces[0])
+        pending_size += len(pieces[0])
+        if len(pieces) > 1:
+            yield b"".join(pending)
+            yield from pieces[1:-1]
+            pending, pending_size = [pieces[-1]], len(pieces[-1])
+        if pending_size > max_line:
+            raise SseLineTooLong(f"an event line is longer than {max_line} bytes")
+    if pending_size:
+        yield b"".join(pending)
+
+
+def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
+    """Parse spec SSE: join multi-line data with LF, skip comments, dispatch on blank lines."""
+    data: list[str] = []
+    event = event_id = ""
+    for raw in iter_lines(chunks):
+        # Decode per complete line so a multi-byte character split across chunks survives.
+        line = raw.decode("utf-8", errors="replace")
+        if not line:
+            if data:
+                yield SseEvent("\n".join(data), event, event_id)
+            data, event = [], ""
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id" and "\0" not in value:
+            event_id = value
+    if data:
+        # Qwen ends by closing the connection, sometimes without a final blank line.
+        yield SseEvent("\n".join(data), event, event_id)
+
+
+def iter_data(events: Iterable[SseEvent]) -> Iterator[str]:
+    """The data of each event, stripped of Qwen's trailing space; ``[DONE]`` ends the stream."""
+    for event in events:
+        data = event.data.strip()
+        if data == "[DONE]":
+            return
+        if data:
+            yield data
+
+
+def format_sse(obj: dict) -> bytes:
+    """One ``data:`` event on one line, as every OpenAI client expects."""
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
+
+
+def iter_sse_bytes(objects: Iterable[dict]) -> Iterator[bytes]:
+    """Frame each object as an SSE event, then the ``[DONE]`` terminator."""
+    for obj in objects:
+        yield format_sse(obj)
+    yield DONE
