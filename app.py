@@ -169,7 +169,10 @@ def _render_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     message = error.description or error.name
     if status == 404:
-        message = f"Unknown route {request.method} {request.path}. This service serves /v1/chat/completions, /v1/models and /health."
+        message = (
+            f"Unknown route {request.method} {request.path}. "
+            "This service serves /v1/chat/completions, /v1/models and /health."
+        )
     elif status == 405:
         message = f"Method {request.method} is not allowed for {request.path}."
     api_error = ApiError(message, status=status, type=_error_type(status), code=_error_code(status))
@@ -274,12 +277,22 @@ def resolve_provider(chat_request: ChatRequest) -> Provider:
     if not is_plain_name(name):
         raise ApiError("'provider' must be a plain provider folder name.", param="provider", code="invalid_provider")
     if name in registry.errors:
-        raise ApiError(f'Provider "{name}" failed to load: {registry.errors[name]}', status=503,
-                       type="server_error", param="provider", code="provider_unavailable", retryable=False)
+        raise ApiError(
+            f'Provider "{name}" failed to load: {registry.errors[name]}',
+            status=503,
+            type="server_error",
+            param="provider",
+            code="provider_unavailable",
+            retryable=False,
+        )
     if name not in registry.providers:
         known = ", ".join(sorted(registry.providers)) or "none"
-        raise ApiError(f'Provider "{name}" not found (available: {known}).', status=404,
-                       param="provider", code="provider_not_found")
+        raise ApiError(
+            f'Provider "{name}" not found (available: {known}).',
+            status=404,
+            param="provider",
+            code="provider_not_found",
+        )
     return registry.providers[name]
 
 
@@ -368,8 +381,13 @@ def _fill_headers(provider: Provider, headers: Any, variables: dict) -> dict[str
         raise _missing_variables_error(provider, exc) from None
     for name, value in filled.items():
         if "\r" in value or "\n" in value:
-            raise ApiError(f'Provider "{provider.name}": header {name} would contain a line break.',
-                           status=500, type="server_error", code="invalid_header", retryable=False)
+            raise ApiError(
+                f'Provider "{provider.name}": header {name} would contain a line break.',
+                status=500,
+                type="server_error",
+                code="invalid_header",
+                retryable=False,
+            )
     return filled
 
 
@@ -389,14 +407,17 @@ def send_upstream(provider: Provider, method: str, url: str, headers: dict, payl
     session = _services().sessions[provider.name]
     timeout = current_app.config["UPSTREAM_TIMEOUT"]
     try:
-        return session.request(method, url, headers=headers, json=payload, stream=True, timeout=timeout,
-                               allow_redirects=False)
+        return session.request(
+            method, url, headers=headers, json=payload, stream=True, timeout=timeout, allow_redirects=False
+        )
     except requests.Timeout:
-        raise upstream_error(f"The upstream did not answer within {timeout:g} s.", status=504,
-                             code="upstream_timeout") from None
+        raise upstream_error(
+            f"The upstream did not answer within {timeout:g} s.", status=504, code="upstream_timeout"
+        ) from None
     except requests.RequestException as exc:
-        raise upstream_error(f"Could not reach the upstream {provider.host}: {type(exc).__name__}.",
-                             code="upstream_unreachable") from None
+        raise upstream_error(
+            f"Could not reach the upstream {provider.host}: {type(exc).__name__}.", code="upstream_unreachable"
+        ) from None
 
 
 def _read_json_answer(provider: Provider, response: requests.Response) -> Any:
@@ -446,10 +467,12 @@ def iter_raw_chunks(response: requests.Response) -> Iterator[bytes]:
             yield chunk
     except Exception as exc:  # urllib3 raises its own types; name the failure, never a 500
         if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
-            raise upstream_error(f"The upstream stopped sending for {timeout:g} s.", status=504,
-                                 code="upstream_timeout") from None
-        raise upstream_error(f"The upstream connection failed mid-reply: {type(exc).__name__}.",
-                             code="upstream_disconnected") from None
+            raise upstream_error(
+                f"The upstream stopped sending for {timeout:g} s.", status=504, code="upstream_timeout"
+            ) from None
+        raise upstream_error(
+            f"The upstream connection failed mid-reply: {type(exc).__name__}.", code="upstream_disconnected"
+        ) from None
 
 
 def _credential_name(provider: Provider) -> str:
@@ -470,8 +493,9 @@ def main() -> None:
     from dotenv import load_dotenv
 
     load_dotenv(Path(__file__).with_name(".env"))
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app()
     app.run(host=app.config["HOST"], port=app.config["PORT"], threaded=True)
 

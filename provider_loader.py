@@ -256,7 +256,9 @@ def _fill_string(text: str, variables: Mapping[str, Any], missing: list[str]) ->
     return PLACEHOLDER.sub(replace, text)
 
 
-def fill_headers(headers: Iterable[tuple[str, str]], variables: Mapping[str, Any], optional: frozenset[str]) -> dict[str, str]:
+def fill_headers(
+    headers: Iterable[tuple[str, str]], variables: Mapping[str, Any], optional: frozenset[str]
+) -> dict[str, str]:
     """Fill header values; a header whose optional variable is unset or empty is dropped."""
     filled: dict[str, str] = {}
     missing: list[str] = []
@@ -325,7 +327,9 @@ def _scheme(folder: Path, metadata: dict) -> str:
 def _dialect(folder: Path, metadata: dict) -> str:
     dialect = metadata.get("dialect", "qwen")
     if dialect not in KNOWN_DIALECTS:
-        raise ProviderError(f"{folder / METADATA_FILE}: unknown dialect {dialect!r} (known: {', '.join(KNOWN_DIALECTS)})")
+        raise ProviderError(
+            f"{folder / METADATA_FILE}: unknown dialect {dialect!r} (known: {', '.join(KNOWN_DIALECTS)})"
+        )
     return dialect
 
 

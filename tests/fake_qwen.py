@@ -72,8 +72,14 @@ def summary_frames(thoughts: list[str], input_tokens: int = 10) -> list[bytes]:
 
 def web_search_frames() -> list[bytes]:
     call = {"name": "web_search", "arguments": '{"query": "x"}'}
-    result = {"role": "function", "content": "", "phase": "web_search", "status": "finished", "name": "web_search",
-              "extra": {"web_search_info": [{"title": "T", "url": "https://example.com"}]}}
+    result = {
+        "role": "function",
+        "content": "",
+        "phase": "web_search",
+        "status": "finished",
+        "name": "web_search",
+        "extra": {"web_search_info": [{"title": "T", "url": "https://example.com"}]},
+    }
     return [
         delta_frame("web_search", function_call=call, function_id="f1"),
         frame({"choices": [{"delta": result}], "response_id": RESPONSE_ID, "usage": {}}),
