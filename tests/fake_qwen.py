@@ -158,7 +158,7 @@ class ServerThread:
         self.server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
         self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
