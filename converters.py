@@ -25,6 +25,7 @@ THINKING_MODE = {
     "thinking_format": "summary",
 }
 SYSTEM_FINGERPRINT = "fp_reverse_api"
+THINK_CLOSE = "\n</think>\n\n"
 ERROR_BODY_LIMIT = 300
 RATE_LIMIT_CODES = frozenset({"ratelimited", "parallellimited", "quotalimited", "quota_limit", "too_many_requests"})
 AUTH_CODES = frozenset({"unauthorized", "token_expired", "invalid_token"})
@@ -103,7 +104,7 @@ def _validate_message(message: Any, param: str) -> None:
     if not isinstance(message, dict):
         raise ApiError(f"'{param}' must be an object.", param=param)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         allowed = ", ".join(sorted(ROLES))
         raise ApiError(f"'{param}.role' must be one of: {allowed}.", param=f"{param}.role")
     content = message.get("content")
@@ -405,7 +406,9 @@ def error_from_upstream(status: int, content_type: str, body: str, credential: s
     if status in (401, 403):
         return _credential_error(credential, f"HTTP {status}")
     if status == 429:
-        return upstream_error("The upstream is rate limiting requests.", status=429, code="rate_limit_exceeded")
+        return ApiError(
+            "The upstream is rate limiting requests.", status=429, type="rate_limit_error", code="rate_limit_exceeded"
+        )
     trimmed = " ".join(body.split())[:ERROR_BODY_LIMIT]
     return upstream_error(f"The upstream answered HTTP {status} ({content_type or 'no content type'}): {trimmed}")
 
@@ -416,11 +419,16 @@ def error_from_envelope(data: dict, credential: str = "the provider's credential
     code = str(inner.get("code") or "")
     details = str(inner.get("details") or "")[:ERROR_BODY_LIMIT]
     lowered = code.lower()
-    if lowered in RATE_LIMIT_CODES or "quota" in lowered or "limit" in details.lower():
+    if lowered in RATE_LIMIT_CODES or "quota" in lowered or _mentions_rate_limit(details):
         return _rate_limit_error(code, details, inner.get("num"))
     if lowered in AUTH_CODES or "token" in details.lower() and "expired" in details.lower():
         return _credential_error(credential, details or code)
     return upstream_error(f"The upstream refused the request: {code}: {details}".rstrip(": "))
+
+
+def _mentions_rate_limit(details: str) -> bool:
+    lowered = details.lower()
+    return "upper limit" in lowered or "rate limit" in lowered or "too many requests" in lowered
 
 
 def _rate_limit_error(code: str, details: str, hours: Any) -> ApiError:
@@ -482,6 +490,9 @@ def iter_reasoning_format(deltas: Iterable[Delta], reasoning_format: str) -> Ite
     thinking = False
     for delta in deltas:
         if reasoning_format == "hidden" or delta.usage is not None:
+            if thinking:  # reasoning with no answer after it: close the tag all the same
+                yield Delta(content=THINK_CLOSE)
+                thinking = False
             if delta.content or delta.usage is not None:
                 yield Delta(content=delta.content, usage=delta.usage)
             continue
@@ -496,7 +507,7 @@ def _think_tagged(delta: Delta, thinking: bool) -> tuple[str, bool]:
         text = ("" if thinking else "<think>\n") + delta.reasoning
         thinking = True
     if delta.content:
-        text += ("\n</think>\n\n" if thinking else "") + delta.content
+        text += (THINK_CLOSE if thinking else "") + delta.content
         thinking = False
     return text, thinking
 
