@@ -5,6 +5,7 @@ Routes, error rendering, upstream calls and serving; the other modules hold no F
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from flask import Flask, Response, current_app, g, jsonify, request
@@ -50,6 +52,8 @@ from provider_loader import (
     fill_placeholders,
     is_plain_name,
     load_providers,
+    redact_headers,
+    redact_secrets,
 )
 from streaming import DONE, SseLineTooLong, format_sse, iter_data, iter_sse_bytes, iter_sse_events
 
@@ -60,11 +64,19 @@ DEFAULTS = {
     "UPSTREAM_TIMEOUT": 60.0,
     "REASONING_FORMAT": "reasoning_content",
     "POOL_SIZE": 64,
+    "API_KEYS": "",  # comma-separated; empty means open, as for a laptop
+    "CORS_ORIGINS": "",  # comma-separated origins, or *; empty means no CORS
+    "MAX_BODY_BYTES": 10 * 1024 * 1024,
 }
-ENV_TYPES = {"PORT": int, "UPSTREAM_TIMEOUT": float, "POOL_SIZE": int}
+ENV_TYPES = {"PORT": int, "UPSTREAM_TIMEOUT": float, "POOL_SIZE": int, "MAX_BODY_BYTES": int}
+# Past this, an oversized body is not read to its end: the connection is closed instead.
+DRAIN_LIMIT = 64 * 1024 * 1024
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
+LOOPBACK_HOSTS = ("127.", "localhost", "::1")
 READ_CHUNK = 64 * 1024
 ERROR_BODY_BYTES = 64 * 1024
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 log = logging.getLogger("reverse_api")
@@ -77,6 +89,11 @@ class Services:
     registry: Registry
     sessions: dict[str, requests.Session]
 
+    def secrets(self) -> list[str]:
+        """The current values of every variable the providers fill in (credentials among them)."""
+        names = {name for p in self.registry.providers.values() for name in p.variable_names()}
+        return [os.environ[name] for name in names if os.environ.get(name)]
+
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the app: defaults, then the environment, then explicit overrides (tests)."""
@@ -85,6 +102,10 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(_config_from_env())
     app.config.update(config or {})
     _check_config(app.config)
+    app.config["API_KEYS"] = _split_list(app.config["API_KEYS"])
+    app.config["CORS_ORIGINS"] = _split_list(app.config["CORS_ORIGINS"])
+    # Werkzeug enforces this on bodies without a Content-Length (chunked uploads).
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     registry = load_providers(Path(app.config["PROVIDERS_DIR"] or default_providers_dir()))
     for name, reason in registry.errors.items():
         log.error("provider %s not loaded: %s", name, reason)
@@ -109,6 +130,11 @@ def _convert(key: str, value: str) -> Any:
         return ENV_TYPES.get(key, str)(value)
     except ValueError:
         raise SystemExit(f"Environment variable {key}={value!r} is not a valid {ENV_TYPES[key].__name__}") from None
+
+
+def _split_list(value: str | list | tuple) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in items if item.strip())
 
 
 def _check_config(config: dict) -> None:
@@ -140,6 +166,10 @@ def _services() -> Services:
 
 def _register_hooks(app: Flask) -> None:
     app.before_request(_start_request)
+    app.before_request(_answer_preflight)
+    app.before_request(_limit_body)
+    app.before_request(_check_api_key)
+    app.after_request(_add_cors_headers)
     app.after_request(_finish_request)
     app.register_error_handler(ApiError, render_api_error)
     app.register_error_handler(HTTPException, _render_http_exception)
@@ -158,11 +188,82 @@ def _finish_request(response: Response) -> Response:
     return response
 
 
+def _answer_preflight() -> Response | None:
+    """Browsers ask before a cross-origin POST; answer without auth (they send none)."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return Response(status=204)
+    return None
+
+
+def _limit_body() -> None:
+    """Refuse oversized bodies on Content-Length, draining them so the client still reads the 413."""
+    length = request.content_length
+    limit = current_app.config["MAX_BODY_BYTES"]
+    if length is None or length <= limit:
+        return
+    error = ApiError(f"The request body is {length} bytes; the limit is {limit}.", status=413, code="request_too_large")
+    if length <= DRAIN_LIMIT:
+        _discard_input(length)
+    else:
+        error.headers["Connection"] = "close"
+    raise error
+
+
+def _discard_input(length: int) -> None:
+    stream = request.environ["wsgi.input"]
+    while length > 0:
+        chunk = stream.read(min(length, 64 * 1024))
+        if not chunk:
+            return
+        length -= len(chunk)
+
+
+def _check_api_key() -> None:
+    keys = current_app.config["API_KEYS"]
+    if not keys or not request.path.startswith("/v1/"):
+        return
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    supplied_bytes = supplied.strip().encode()
+    # Compare with every key, in constant time, so timing tells nothing about which came close.
+    matches = [hmac.compare_digest(supplied_bytes, key.encode()) for key in keys]
+    if scheme.lower() != "bearer" or not any(matches):
+        raise ApiError(
+            "Invalid or missing API key: send it as 'Authorization: Bearer <key>'.", status=401, code="invalid_api_key"
+        )
+
+
+def _add_cors_headers(response: Response) -> Response:
+    origin = request.headers.get("Origin")
+    allowed = current_app.config["CORS_ORIGINS"]
+    if not origin or not (origin in allowed or "*" in allowed):
+        return response
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+    response.headers["Access-Control-Expose-Headers"] = "x-request-id"
+    response.vary.add("Origin")
+    if request.method == "OPTIONS":
+        # Authorization must be named: the * wildcard does not cover it.
+        requested = request.headers.get("Access-Control-Request-Headers", "")
+        response.headers["Access-Control-Allow-Headers"] = ", ".join(filter(None, [CORS_ALLOWED_HEADERS, requested]))
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
 def render_api_error(error: ApiError) -> Response:
-    response = jsonify(error.to_dict())
+    body = error.to_dict()
+    body["error"]["message"] = redact(body["error"]["message"])
+    response = jsonify(body)
     response.status_code = error.status
     response.headers.update(error.headers)
+    if 400 <= error.status < 500 and error.status not in (408, 409, 429):
+        # The same request would fail the same way; spare the upstream the SDKs' retries.
+        response.headers.setdefault("x-should-retry", "false")
     return response
+
+
+def redact(text: str) -> str:
+    """Blank out every credential value the providers use, wherever it turned up."""
+    return redact_secrets(text, _services().secrets())
 
 
 def _render_http_exception(error: HTTPException) -> Response:
@@ -243,10 +344,10 @@ def chat_completions() -> Response:
     meta = CompletionMeta.new(chat_request.model)
     deltas = open_reply(provider, chat_request)
     # Pull the first delta before answering, so upstream failures still get a real HTTP status.
-    deltas = _prepend(next(deltas), deltas)
+    deltas = _prepend(_first_delta(deltas), deltas)
     deltas = iter_reasoning_format(deltas, current_app.config["REASONING_FORMAT"])
     if chat_request.stream:
-        body = iter_stream_body(deltas, meta, chat_request.include_usage)
+        body = iter_stream_body(deltas, meta, chat_request.include_usage, _services().secrets())
         return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
     return jsonify(completion_from_deltas(deltas, meta))
 
@@ -296,16 +397,28 @@ def resolve_provider(chat_request: ChatRequest) -> Provider:
     return registry.providers[name]
 
 
-def iter_stream_body(deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool) -> Iterator[bytes]:
+def iter_stream_body(
+    deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool, secrets: list[str]
+) -> Iterator[bytes]:
     """SSE bytes for the client; an error after the first byte becomes an error event."""
     try:
         yield from iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
     except ApiError as exc:
-        log.warning("stream %s ended with an error: %s", meta.id, exc.message)
-        yield format_sse(exc.to_dict())
+        body = exc.to_dict()
+        body["error"]["message"] = redact_secrets(exc.message, secrets)
+        log.warning("stream %s ended with an error: %s", meta.id, body["error"]["message"])
+        yield format_sse(body)
         yield DONE
     finally:
         deltas.close()
+
+
+def _first_delta(deltas: Iterator[Delta]) -> Delta:
+    """The first delta that says something; keep-alives before it are dropped."""
+    for delta in deltas:
+        if not delta.heartbeat:
+            return delta
+    raise upstream_error("The upstream ended the stream without a reply.", code="upstream_truncated")
 
 
 def _prepend(first: Delta, rest: Iterator[Delta]) -> Iterator[Delta]:
@@ -328,9 +441,9 @@ def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]
     variables = request_variables(provider, model, chat_id, now)
     headers = _fill_headers(provider, provider.request.headers, variables)
     payload = build_qwen_payload(_fill(provider, provider.payload, variables), model, text, thinking, chat_id, now)
-    url = provider.base_url + _fill(provider, provider.request.path, variables)
+    url = provider.base_url + _safe_path(provider, _fill(provider, provider.request.path, variables))
     response = send_upstream(provider, provider.request.method, url, headers, payload)
-    return iter_upstream_deltas(provider, response)
+    return iter_upstream_deltas(provider, response, current_app.config["UPSTREAM_TIMEOUT"])
 
 
 def create_chat(provider: Provider, model: str, now: float) -> str:
@@ -339,7 +452,7 @@ def create_chat(provider: Provider, model: str, now: float) -> str:
     variables = request_variables(provider, model, "", now)
     headers = _fill_headers(provider, _with_overrides(provider.request.headers, step.headers), variables)
     body = build_create_chat_body(_fill(provider, provider.create_chat_body, variables), model, now)
-    url = provider.base_url + _fill(provider, step.path, variables)
+    url = provider.base_url + _safe_path(provider, _fill(provider, step.path, variables))
     response = send_upstream(provider, step.method, url, headers, body)
     with response:
         data = _read_json_answer(provider, response)
@@ -367,6 +480,17 @@ def _with_overrides(headers: tuple[tuple[str, str], ...], overrides: tuple[tuple
     return [h for h in headers if h[0].lower() not in replaced] + list(overrides)
 
 
+def _safe_path(provider: Provider, path: str) -> str:
+    """A filled path must stay one path on the provider's host: no spaces, line breaks or fragments."""
+    if not SAFE_PATH.match(path):
+        raise ApiError(
+            f'Provider "{provider.name}": a value filled into the request path is not URL-safe.',
+            status=400,
+            code="invalid_value",
+        )
+    return path
+
+
 def _fill(provider: Provider, value: Any, variables: dict) -> Any:
     try:
         return fill_placeholders(value, variables)
@@ -380,12 +504,12 @@ def _fill_headers(provider: Provider, headers: Any, variables: dict) -> dict[str
     except MissingVariables as exc:
         raise _missing_variables_error(provider, exc) from None
     for name, value in filled.items():
-        if "\r" in value or "\n" in value:
+        if any(c in value for c in "\r\n\0"):
             raise ApiError(
-                f'Provider "{provider.name}": header {name} would contain a line break.',
-                status=500,
+                f'Provider "{provider.name}": the value filled into header {name} has a line break.',
+                status=503,
                 type="server_error",
-                code="invalid_header",
+                code="provider_misconfigured",
                 retryable=False,
             )
     return filled
@@ -406,6 +530,10 @@ def send_upstream(provider: Provider, method: str, url: str, headers: dict, payl
     """The one place that calls the upstream; transport failures become ApiError."""
     session = _services().sessions[provider.name]
     timeout = current_app.config["UPSTREAM_TIMEOUT"]
+    path = urlsplit(url).path
+    log.debug(
+        "%s upstream %s %s%s headers=%s", g.get("request_id"), method, provider.host, path, redact_headers(headers)
+    )
     try:
         return session.request(
             method, url, headers=headers, json=payload, stream=True, timeout=timeout, allow_redirects=False
@@ -442,23 +570,22 @@ def _read_error_body(response: requests.Response) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def iter_upstream_deltas(provider: Provider, response: requests.Response) -> Iterator[Delta]:
+def iter_upstream_deltas(provider: Provider, response: requests.Response, timeout: float) -> Iterator[Delta]:
     """Check the upstream answer, then parse its SSE stream; always release the connection."""
     try:
         content_type = response.headers.get("Content-Type", "")
         if response.status_code != 200 or "text/event-stream" not in content_type:
             body = _read_error_body(response)
             raise error_from_upstream(response.status_code, content_type, body, _credential_name(provider))
-        yield from iter_qwen_deltas(iter_data(iter_sse_events(iter_raw_chunks(response))))
+        yield from iter_qwen_deltas(iter_data(iter_sse_events(iter_raw_chunks(response, timeout))))
     except SseLineTooLong as exc:
         raise upstream_error(f"The upstream sent {exc}.") from None
     finally:
         response.close()
 
 
-def iter_raw_chunks(response: requests.Response) -> Iterator[bytes]:
+def iter_raw_chunks(response: requests.Response, timeout: float) -> Iterator[bytes]:
     """Bytes as they arrive: ``read1`` returns whatever is there, so no event is held back."""
-    timeout = current_app.config["UPSTREAM_TIMEOUT"]
     try:
         while True:
             chunk = response.raw.read1(READ_CHUNK)

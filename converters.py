@@ -85,6 +85,8 @@ def validate_chat_request(body: Any) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise ApiError("'model' is required and must be a non-empty string.", param="model")
+    if any(ord(c) < 32 or c == "\x7f" for c in model):
+        raise ApiError("'model' must not contain control characters.", param="model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError("'messages' is required and must be a non-empty array.", param="messages")
@@ -265,6 +267,7 @@ class Delta:
     content: str = ""
     reasoning: str = ""
     usage: dict | None = None
+    heartbeat: bool = False  # the upstream is alive but has nothing to say yet
 
 
 @dataclass
@@ -305,6 +308,9 @@ def _frame_deltas(frame: dict, state: _QwenState) -> Iterator[Delta]:
         raise _in_stream_error(frame["error"])
     if frame.get("success") is False:
         raise error_from_envelope(frame)
+    if "response.info" in frame:
+        yield Delta(heartbeat=True)
+        return
     choices = frame.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return  # response.created, response.info keep-alives and other bookkeeping frames.
@@ -489,6 +495,9 @@ def iter_reasoning_format(deltas: Iterable[Delta], reasoning_format: str) -> Ite
         return
     thinking = False
     for delta in deltas:
+        if delta.heartbeat:
+            yield delta
+            continue
         if reasoning_format == "hidden" or delta.usage is not None:
             if thinking:  # reasoning with no answer after it: close the tag all the same
                 yield Delta(content=THINK_CLOSE)
@@ -512,14 +521,20 @@ def _think_tagged(delta: Delta, thinking: bool) -> tuple[str, bool]:
     return text, thinking
 
 
-def iter_chunks(deltas: Iterable[Delta], meta: CompletionMeta, include_usage: bool) -> Iterator[dict]:
-    """OpenAI ``chat.completion.chunk`` dicts: role first, deltas, finish, then optional usage."""
+def iter_chunks(deltas: Iterable[Delta], meta: CompletionMeta, include_usage: bool) -> Iterator[dict | None]:
+    """OpenAI ``chat.completion.chunk`` dicts: role first, deltas, finish, then optional usage.
+
+    ``None`` stands for an upstream keep-alive, relayed as an SSE comment.
+    """
     usage_field = {"usage": None} if include_usage else {}
     yield chunk_from_delta(meta, {"role": "assistant", "content": ""}, None, usage_field)
     usage = None
     for delta in deltas:
         if delta.usage is not None:
             usage = delta.usage
+            continue
+        if delta.heartbeat:
+            yield None
             continue
         yield chunk_from_delta(meta, _delta_fields(delta), None, usage_field)
     yield chunk_from_delta(meta, {}, "stop", usage_field)

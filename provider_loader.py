@@ -42,6 +42,8 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Upper-case names come from the environment; lower-case ones are filled per request.
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model"})
+SECRET_HEADER = re.compile(r"^(authorization|cookie|bx-)|token|secret|key|session|auth|sign", re.IGNORECASE)
+MIN_SECRET_LENGTH = 4  # shorter values ("1", "web") would blank ordinary words
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 REQUEST_LINE = re.compile(r"^([A-Z]+) (/\S*) HTTP/[0-9.]+$")
@@ -106,7 +108,7 @@ class Provider:
             models=_str_tuple(folder, metadata, "models"),
             patterns=_str_tuple(folder, metadata, "patterns"),
             owned_by=str(metadata.get("owned_by") or folder.name),
-            created=int(metadata.get("created") or (folder / METADATA_FILE).stat().st_mtime),
+            created=_created(folder, metadata),
             optional_variables=frozenset(_str_tuple(folder, metadata, "optional_variables")),
             create_chat=_create_chat_request(folder, create_chat),
             create_chat_body=(create_chat or {}).get("body"),
@@ -117,13 +119,18 @@ class Provider:
     def base_url(self) -> str:
         return f"{self.scheme}://{self.host}"
 
+    def variable_names(self) -> list[str]:
+        """Every environment variable the provider's files refer to."""
+        names = set(env_names_in(self.request.headers)) | set(env_names_in(self.request.path))
+        names |= set(env_names_in(self.payload)) | self.optional_variables
+        if self.create_chat:
+            names |= set(env_names_in(self.create_chat.headers)) | set(env_names_in(self.create_chat.path))
+            names |= set(env_names_in(self.create_chat_body))
+        return sorted(names)
+
     def required_variables(self) -> list[str]:
         """Environment variables this provider cannot work without."""
-        names = set(env_names_in(self.request.headers))
-        names |= set(env_names_in(self.payload))
-        if self.create_chat:
-            names |= set(env_names_in(self.create_chat.headers))
-        return sorted(names - self.optional_variables)
+        return sorted(set(self.variable_names()) - self.optional_variables)
 
     def claims(self, model: str) -> bool:
         return model in self.models or self.matches_pattern(model)
@@ -143,7 +150,8 @@ class Registry:
 
 def parse_header_text(text: str, source: str = HEADER_FILE) -> CapturedRequest:
     """Parse a raw captured request: a request line, then ``Name: value`` lines."""
-    lines = text.splitlines()
+    # Only CR and LF end lines: splitlines() would also split on form feeds and U+2028.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise ProviderError(f"{source}: empty file, expected a request line like 'POST /path HTTP/1.1'")
@@ -207,7 +215,7 @@ def determine_provider(providers: Mapping[str, Provider], model: str) -> Provide
 
 def is_plain_name(name: str) -> bool:
     """True for a bare folder name: no path separators, dots-only names or control characters."""
-    return bool(PLAIN_NAME.match(name)) and set(name) != {"."}
+    return bool(PLAIN_NAME.fullmatch(name)) and set(name) != {"."}
 
 
 def env_names_in(value: Any) -> list[str]:
@@ -266,10 +274,23 @@ def fill_headers(
         used = PLACEHOLDER.findall(value)
         if any(n in optional and variables.get(n) in (None, "") for n in used):
             continue
-        filled[name] = _fill_string(value, variables, missing)
+        filled[name] = str(_fill_string(value, variables, missing))
     if missing:
         raise MissingVariables(missing)
     return filled
+
+
+def redact_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value found in a text; longest first so no fragment survives."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SECRET_LENGTH:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A copy of upstream headers fit for a debug log: credential-like values blanked."""
+    return {name: "[redacted]" if SECRET_HEADER.search(name) else value for name, value in headers.items()}
 
 
 def _iter_strings(value: Any) -> Iterable[str]:
@@ -315,6 +336,15 @@ def _required_str(folder: Path, metadata: dict, key: str) -> str:
     if any(c in value for c in "/\\@?# \r\n"):
         raise ProviderError(f"{folder / METADATA_FILE}: key {key!r} must be a bare host[:port], got {value!r}")
     return value.strip()
+
+
+def _created(folder: Path, metadata: dict) -> int:
+    value = metadata.get("created")
+    if value is None:
+        return int((folder / METADATA_FILE).stat().st_mtime)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProviderError(f"{folder / METADATA_FILE}: key 'created' must be an integer (Unix seconds)")
+    return value
 
 
 def _scheme(folder: Path, metadata: dict) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 DONE = b"data: [DONE]\n\n"
+KEEP_ALIVE = b": keep-alive\n\n"
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
@@ -91,8 +92,8 @@ def format_sse(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
-def iter_sse_bytes(objects: Iterable[dict]) -> Iterator[bytes]:
-    """Frame each object as an SSE event, then the ``[DONE]`` terminator."""
+def iter_sse_bytes(objects: Iterable[dict | None]) -> Iterator[bytes]:
+    """Frame each object as an SSE event (``None`` as a keep-alive comment), then ``[DONE]``."""
     for obj in objects:
-        yield format_sse(obj)
+        yield KEEP_ALIVE if obj is None else format_sse(obj)
     yield DONE

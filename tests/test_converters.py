@@ -760,11 +760,12 @@ def test_create_chat_body_does_not_add_absent_keys():
 # --- iter_qwen_deltas ---------------------------------------------------------------------
 
 
-def test_deltas_bookkeeping_frames_yield_nothing():
+def test_deltas_bookkeeping_frames_yield_nothing_but_keep_alive_marks():
     frames = [fq.created_frame(), fq.keep_alive_frame(), fq.keep_alive_frame(), *fq.answer_frames(["Hi"])]
     deltas, error = collect(datas(frames))
     assert error is None
-    assert deltas == [Delta(content="Hi"), Delta(usage=usage_total(10, 1))]
+    heartbeat = Delta(heartbeat=True)
+    assert deltas == [heartbeat, heartbeat, Delta(content="Hi"), Delta(usage=usage_total(10, 1))]
 
 
 def test_deltas_plain_answer_from_fake_frames():
@@ -970,7 +971,7 @@ def test_deltas_stream_cut_during_thinking_is_truncated():
 @pytest.mark.parametrize("payloads", [[], [data_of(fq.created_frame())], [data_of(fq.keep_alive_frame())]])
 def test_deltas_stream_without_reply_is_truncated(payloads):
     deltas, error = collect(payloads)
-    assert deltas == []
+    assert [d for d in deltas if not d.heartbeat] == []
     assert error is not None
     assert (error.status, error.code) == (502, "upstream_truncated")
 
