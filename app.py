@@ -104,8 +104,8 @@ def create_app(config: dict | None = None) -> Flask:
     _check_config(app.config)
     app.config["API_KEYS"] = _split_list(app.config["API_KEYS"])
     app.config["CORS_ORIGINS"] = _split_list(app.config["CORS_ORIGINS"])
-    # Werkzeug enforces this on bodies without a Content-Length (chunked uploads).
-    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+    # Werkzeug stops reading a body without Content-Length (chunked) here; one byte more tells us it was over.
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"] + 1
     registry = load_providers(Path(app.config["PROVIDERS_DIR"] or default_providers_dir()))
     for name, reason in registry.errors.items():
         log.error("provider %s not loaded: %s", name, reason)
@@ -354,6 +354,14 @@ def chat_completions() -> Response:
 
 def _json_body() -> Any:
     raw = request.get_data(cache=False)
+    limit = current_app.config["MAX_BODY_BYTES"]
+    if len(raw) > limit:
+        raise ApiError(
+            f"The request body is over the limit of {limit} bytes.",
+            status=413,
+            code="request_too_large",
+            headers={"Connection": "close"},  # the rest of a chunked body is not read
+        )
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
@@ -616,6 +624,16 @@ def _dig(data: Any, dotted: str) -> Any:
 # --- serving -----------------------------------------------------------------------------
 
 
+def exposure_warning(host: str, api_keys: tuple[str, ...] | str) -> str | None:
+    """A loud warning when anyone on the network could spend the provider accounts."""
+    if _split_list(api_keys) or host.startswith(LOOPBACK_HOSTS):
+        return None
+    return (
+        f"!!! Listening on {host} with no API_KEYS: anyone who can reach this port can use the "
+        "provider accounts configured here. Set API_KEYS or listen on 127.0.0.1. !!!"
+    )
+
+
 def main() -> None:
     from dotenv import load_dotenv
 
@@ -624,6 +642,9 @@ def main() -> None:
         level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app()
+    warning = exposure_warning(app.config["HOST"], app.config["API_KEYS"])
+    if warning:
+        log.warning(warning)
     app.run(host=app.config["HOST"], port=app.config["PORT"], threaded=True)
 
 
