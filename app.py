@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,12 +64,29 @@ DEFAULTS = {
     "PROVIDERS_DIR": None,  # None means porviders/ next to this file
     "UPSTREAM_TIMEOUT": 60.0,
     "REASONING_FORMAT": "reasoning_content",
-    "POOL_SIZE": 64,
+    "POOL_SIZE": 512,
+    "LOG_LEVEL": "INFO",
     "API_KEYS": "",  # comma-separated; empty means open, as for a laptop
     "CORS_ORIGINS": "",  # comma-separated origins, or *; empty means no CORS
     "MAX_BODY_BYTES": 10 * 1024 * 1024,
+    # Serving by `python app.py` (gunicorn); see README "Serving".
+    "WORKERS": 2,
+    "WORKER_CLASS": "gevent",
+    "WORKER_CONNECTIONS": 1000,
+    "THREADS": 1,
+    "BACKLOG": 2048,
 }
-ENV_TYPES = {"PORT": int, "UPSTREAM_TIMEOUT": float, "POOL_SIZE": int, "MAX_BODY_BYTES": int}
+ENV_TYPES = {
+    "PORT": int,
+    "UPSTREAM_TIMEOUT": float,
+    "POOL_SIZE": int,
+    "MAX_BODY_BYTES": int,
+    "WORKERS": int,
+    "WORKER_CONNECTIONS": int,
+    "THREADS": int,
+    "BACKLOG": int,
+}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Past this, an oversized body is not read to its end: the connection is closed instead.
 DRAIN_LIMIT = 64 * 1024 * 1024
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
@@ -102,6 +120,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(_config_from_env())
     app.config.update(config or {})
     _check_config(app.config)
+    _configure_logging(app.config["LOG_LEVEL"])
     app.config["API_KEYS"] = _split_list(app.config["API_KEYS"])
     app.config["CORS_ORIGINS"] = _split_list(app.config["CORS_ORIGINS"])
     # Werkzeug stops reading a body without Content-Length (chunked) here; one byte more tells us it was over.
@@ -132,12 +151,23 @@ def _convert(key: str, value: str) -> Any:
         raise SystemExit(f"Environment variable {key}={value!r} is not a valid {ENV_TYPES[key].__name__}") from None
 
 
+def _configure_logging(level: str) -> None:
+    log.setLevel(level.upper())
+    if not logging.getLogger().handlers and not log.handlers:
+        # Under gunicorn nothing configured logging: give our lines somewhere to go.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        log.addHandler(handler)
+
+
 def _split_list(value: str | list | tuple) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     return tuple(item.strip() for item in items if item.strip())
 
 
 def _check_config(config: dict) -> None:
+    if config["LOG_LEVEL"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SystemExit("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if config["REASONING_FORMAT"] not in REASONING_FORMATS:
         raise SystemExit(f"REASONING_FORMAT must be one of {', '.join(REASONING_FORMATS)}")
 
@@ -634,18 +664,45 @@ def exposure_warning(host: str, api_keys: tuple[str, ...] | str) -> str | None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``python app.py``: gunicorn with gevent workers; ``--debug`` for Flask's reloading dev server."""
     from dotenv import load_dotenv
 
     load_dotenv(Path(__file__).with_name(".env"))
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    app = create_app()
-    warning = exposure_warning(app.config["HOST"], app.config["API_KEYS"])
+    logging.basicConfig(level=_log_level(), format=LOG_FORMAT)
+    settings = {**DEFAULTS, **_config_from_env()}
+    warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:
         log.warning(warning)
-    app.run(host=app.config["HOST"], port=app.config["PORT"], threaded=True)
+    if "--debug" in (sys.argv[1:] if argv is None else argv):
+        create_app().run(host=settings["HOST"], port=settings["PORT"], debug=True, threaded=True)
+        return
+    # A fresh interpreter, so the gevent worker patches sockets before anything imports them.
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", *gunicorn_args(settings), "app:create_app()"])
+
+
+def gunicorn_args(settings: dict) -> list[str]:
+    return [
+        f"--bind={_bind_address(settings['HOST'], settings['PORT'])}",
+        f"--chdir={Path(__file__).resolve().parent}",
+        f"--worker-class={settings['WORKER_CLASS']}",
+        f"--workers={settings['WORKERS']}",
+        f"--threads={settings['THREADS']}",
+        f"--worker-connections={settings['WORKER_CONNECTIONS']}",
+        f"--backlog={settings['BACKLOG']}",
+        "--timeout=120",  # async workers heartbeat while streaming; this only catches a stuck worker
+        "--graceful-timeout=30",
+        "--keep-alive=75",
+        f"--log-level={_log_level().lower()}",
+    ]
+
+
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _log_level() -> str:
+    return os.environ.get("LOG_LEVEL", "INFO").upper()
 
 
 if __name__ == "__main__":

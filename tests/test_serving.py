@@ -1,0 +1,151 @@
+"""The real server process: ``python app.py`` and ``gunicorn 'app:create_app()'``, as users start them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import ROOT, TOKEN
+from tests.fake_qwen import answer_frames, sse_reply
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}: {process.stdout.read()}")
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+def start(command: list[str], providers_dir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    environment = {**os.environ, "PORT": str(port), "PROVIDERS_DIR": str(providers_dir), "QWEN_TOKEN": TOKEN, **env}
+    if command[0] == "gunicorn":
+        command = [sys.executable, "-m", "gunicorn", f"--bind=127.0.0.1:{port}", *command[1:]]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for_health(url, process)
+    return process, url
+
+
+def stop(process: subprocess.Popen) -> str:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+    return output
+
+
+@pytest.fixture
+def served(providers_dir, tmp_path):
+    """``python app.py`` from another working directory, as a user would start it."""
+    process, url = start([sys.executable, str(ROOT / "app.py")], providers_dir)
+    yield url
+    output = stop(process)
+    assert TOKEN not in output
+
+
+def test_python_app_py_serves_with_gunicorn_gevent(served, fake_qwen):
+    with openai.OpenAI(base_url=served + "/v1", api_key="x", max_retries=0) as sdk:
+        assert (
+            sdk.chat.completions.create(model="qwen3.7-plus", messages=[{"role": "user", "content": "hi"}])
+            .choices[0]
+            .message.content
+            == "Hello world"
+        )
+        chunks = list(
+            sdk.chat.completions.create(model="qwen3.7-plus", messages=[{"role": "user", "content": "hi"}], stream=True)
+        )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello world"
+
+
+def test_forty_concurrent_two_second_streams_do_not_queue(served, fake_qwen):
+    # Twenty frames 0.1 s apart: each stream lasts about two seconds.
+    fake_qwen.reply = sse_reply(answer_frames([f"{n} " for n in range(20)]), delay=0.1)
+
+    def one_stream(_: int) -> str:
+        with openai.OpenAI(base_url=served + "/v1", api_key="x", max_retries=0, timeout=60) as sdk:
+            stream = sdk.chat.completions.create(
+                model="qwen3.7-plus", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        texts = list(pool.map(one_stream, range(40)))
+    elapsed = time.monotonic() - started
+    assert texts == ["".join(f"{n} " for n in range(20))] * 40
+    # Served one after another they would take 80 s; concurrently, about 2 s (bound kept loose
+    # for a shared machine: this checks that streams do not queue, not the speed).
+    assert elapsed < 15, elapsed
+
+
+def test_gunicorn_app_factory_works(providers_dir, fake_qwen):
+    process, url = start(["gunicorn", "--worker-class=gevent", "app:create_app()"], providers_dir)
+    try:
+        body = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
+        answer = requests.post(url + "/v1/chat/completions", json=body, timeout=10).json()
+        assert answer["choices"][0]["message"]["content"] == "Hello world"
+    finally:
+        stop(process)
+
+
+def test_env_file_next_to_app_py_is_loaded(providers_dir, fake_qwen, tmp_path, monkeypatch):
+    # A copy of the service in its own folder, so its .env is the test's and not a developer's.
+    service_dir = tmp_path / "service"
+    service_dir.mkdir()
+    for module in ("app.py", "provider_loader.py", "converters.py", "streaming.py"):
+        (service_dir / module).write_text((ROOT / module).read_text())
+    (service_dir / ".env").write_text(f"QWEN_TOKEN=from-dotenv-{TOKEN}\nLOG_LEVEL=WARNING\n")
+    monkeypatch.delenv("QWEN_TOKEN", raising=False)
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k != "QWEN_TOKEN"}
+    environment.update(PORT=str(port), PROVIDERS_DIR=str(providers_dir))
+    process = subprocess.Popen(
+        [sys.executable, str(service_dir / "app.py")],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_health(url, process)
+        body = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
+        assert requests.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+        assert fake_qwen.requests[-1]["headers"]["Authorization"] == f"Bearer from-dotenv-{TOKEN}"
+    finally:
+        stop(process)
