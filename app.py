@@ -674,8 +674,11 @@ def main(argv: list[str] | None = None) -> None:
     warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:
         log.warning(warning)
-    if "--debug" in (sys.argv[1:] if argv is None else argv):
-        create_app().run(host=settings["HOST"], port=settings["PORT"], debug=True, threaded=True)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    if debug or sys.platform == "win32":
+        if not debug:
+            log.warning("gunicorn does not run on Windows: serving with Flask's threaded development server")
+        create_app().run(host=settings["HOST"], port=settings["PORT"], debug=debug, threaded=True)
         return
     # A fresh interpreter, so the gevent worker patches sockets before anything imports them.
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", *gunicorn_args(settings), "app:create_app()"])
