@@ -89,7 +89,9 @@ def iter_data(events: Iterable[SseEvent]) -> Iterator[str]:
 
 def format_sse(obj: dict) -> bytes:
     """One ``data:`` event on one line, as every OpenAI client expects."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate (from a client's JSON) cannot be UTF-8: write it as its JSON escape, \\udXXX.
+    return b"data: " + text.encode("utf-8", errors="backslashreplace") + b"\n\n"
 
 
 def iter_sse_bytes(objects: Iterable[dict | None]) -> Iterator[bytes]:
