@@ -26,20 +26,17 @@ from requests.adapters import HTTPAdapter
 from werkzeug.exceptions import HTTPException
 
 from converters import (
+    DIALECTS,
     REASONING_FORMATS,
     ApiError,
     ChatRequest,
     CompletionMeta,
     Delta,
+    UpstreamCall,
     build_create_chat_body,
-    build_qwen_payload,
     completion_from_deltas,
-    error_from_upstream,
-    fold_messages,
     iter_chunks,
-    iter_qwen_deltas,
     iter_reasoning_format,
-    thinking_choice,
     upstream_error,
     validate_chat_request,
 )
@@ -472,13 +469,16 @@ def _prepend(first: Delta, rest: Iterator[Delta]) -> Iterator[Delta]:
 
 def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]:
     """Start the upstream reply and return its deltas (the connection closes with the iterator)."""
-    model, thinking = thinking_choice(chat_request.model, chat_request.reasoning_effort)
-    text = fold_messages(chat_request.messages)
+    dialect = DIALECTS[provider.dialect]
+    dialect.check_request(chat_request)
+    model = dialect.upstream_model(chat_request)
     now = time.time()
     chat_id = create_chat(provider, model, now) if provider.create_chat else ""
     variables = request_variables(provider, model, chat_id, now)
     headers = _fill_headers(provider, provider.request.headers, variables)
-    payload = build_qwen_payload(_fill(provider, provider.payload, variables), model, text, thinking, chat_id, now)
+    call = UpstreamCall(model=model, chat_id=chat_id, now=now, history=provider.message_mode == "history")
+    # The template is filled first, so placeholders in the client's own text are never expanded.
+    payload = dialect.build_payload(_fill(provider, provider.payload, variables), chat_request, call)
     url = provider.base_url + _safe_path(provider, _fill(provider, provider.request.path, variables))
     response = send_upstream(provider, provider.request.method, url, headers, payload)
     return iter_upstream_deltas(provider, response, current_app.config["UPSTREAM_TIMEOUT"])
@@ -590,13 +590,13 @@ def _read_json_answer(provider: Provider, response: requests.Response) -> Any:
     body = _read_error_body(response)
     content_type = response.headers.get("Content-Type", "")
     if response.status_code >= 300 or "json" not in content_type:
-        raise error_from_upstream(response.status_code, content_type, body, _credential_name(provider))
+        raise _answer_error(provider, response, body)
     try:
         data = json.loads(body)
     except ValueError:
         raise upstream_error("The upstream answered with invalid JSON.") from None
     if isinstance(data, dict) and data.get("success") is False:
-        raise error_from_upstream(response.status_code, content_type, body, _credential_name(provider))
+        raise _answer_error(provider, response, body)
     return data
 
 
@@ -614,8 +614,9 @@ def iter_upstream_deltas(provider: Provider, response: requests.Response, timeou
         content_type = response.headers.get("Content-Type", "")
         if response.status_code != 200 or "text/event-stream" not in content_type:
             body = _read_error_body(response)
-            raise error_from_upstream(response.status_code, content_type, body, _credential_name(provider))
-        yield from iter_qwen_deltas(iter_data(iter_sse_events(iter_raw_chunks(response, timeout))))
+            raise _answer_error(provider, response, body)
+        events = iter_data(iter_sse_events(iter_raw_chunks(response, timeout)))
+        yield from DIALECTS[provider.dialect].iter_deltas(events)
     except SseLineTooLong as exc:
         raise upstream_error(f"The upstream sent {exc}.") from None
     finally:
@@ -638,6 +639,18 @@ def iter_raw_chunks(response: requests.Response, timeout: float) -> Iterator[byt
         raise upstream_error(
             f"The upstream connection failed mid-reply: {type(exc).__name__}.", code="upstream_disconnected"
         ) from None
+
+
+def _answer_error(provider: Provider, response: requests.Response, body: str) -> ApiError:
+    """The dialect's reading of an upstream answer that is not the expected stream."""
+    content_type = response.headers.get("Content-Type", "")
+    error = DIALECTS[provider.dialect].error_from_answer(
+        response.status_code, content_type, body, _credential_name(provider)
+    )
+    retry_after = response.headers.get("Retry-After")
+    if error.status == 429 and retry_after and "Retry-After" not in error.headers:
+        error.headers["Retry-After"] = retry_after
+    return error
 
 
 def _credential_name(provider: Provider) -> str:

@@ -9,7 +9,7 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,19 @@ THINKING_MODE = {
     "thinking_mode": "Thinking",
     "thinking_format": "summary",
 }
+HISTORY_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+}
+HISTORY_GAP_SECONDS = 2
+# Fields of a client's body that are for this service and never go upstream.
+LOCAL_FIELDS = frozenset({"provider"})
+# Upstream client errors passed on with their own status; anything else becomes 502.
+PASSED_STATUSES = frozenset({400, 404, 413, 422, 429})
 SYSTEM_FINGERPRINT = "fp_reverse_api"
 THINK_CLOSE = "\n</think>\n\n"
 ERROR_BODY_LIMIT = 300
@@ -76,6 +89,7 @@ class ChatRequest:
     include_usage: bool = False
     reasoning_effort: str | None = None
     provider: str | None = None
+    body: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 def validate_chat_request(body: Any) -> ChatRequest:
@@ -99,6 +113,7 @@ def validate_chat_request(body: Any) -> ChatRequest:
         include_usage=_include_usage(body),
         reasoning_effort=_optional(body, "reasoning_effort", str, None),
         provider=_optional(body, "provider", str, None),
+        body=body,
     )
 
 
@@ -247,6 +262,29 @@ def _template_message(payload: dict) -> dict:
     return messages[0]
 
 
+def build_history_messages(template_message: dict, messages: list[dict], model: str, now: float) -> list[dict]:
+    """One copy of the template message per OpenAI message, for web APIs that take the whole history.
+
+    Timestamps increase by HISTORY_GAP_SECONDS between messages and end at ``now``.
+    """
+    built = []
+    last = len(messages) - 1
+    for index, message in enumerate(messages):
+        copy_ = copy.deepcopy(template_message)
+        copy_.update(
+            role=HISTORY_ROLES[message["role"]],
+            content=message_text(message, f"messages[{index}]"),
+            timestamp=int(now - (last - index) * HISTORY_GAP_SECONDS),
+        )
+        for key in ("fid", "id"):
+            if copy_.get(key):
+                copy_[key] = str(uuid.uuid4())
+        if "models" in copy_:
+            copy_["models"] = [model]
+        built.append(copy_)
+    return built
+
+
 def build_create_chat_body(template: dict | None, model: str, now: float) -> dict:
     """The body that opens a Qwen chat; ``chats/new`` takes milliseconds."""
     body = copy.deepcopy(template) if template else {}
@@ -268,6 +306,8 @@ class Delta:
     reasoning: str = ""
     usage: dict | None = None
     heartbeat: bool = False  # the upstream is alive but has nothing to say yet
+    tool_calls: list | None = None  # OpenAI tool-call deltas, passed through as they came
+    finish_reason: str | None = None  # set on the final usage delta when the upstream gave one
 
 
 @dataclass
@@ -528,16 +568,16 @@ def iter_chunks(deltas: Iterable[Delta], meta: CompletionMeta, include_usage: bo
     """
     usage_field = {"usage": None} if include_usage else {}
     yield chunk_from_delta(meta, {"role": "assistant", "content": ""}, None, usage_field)
-    usage = None
+    usage, finish_reason = None, "stop"
     for delta in deltas:
         if delta.usage is not None:
-            usage = delta.usage
+            usage, finish_reason = delta.usage, delta.finish_reason or "stop"
             continue
         if delta.heartbeat:
             yield None
             continue
         yield chunk_from_delta(meta, _delta_fields(delta), None, usage_field)
-    yield chunk_from_delta(meta, {}, "stop", usage_field)
+    yield chunk_from_delta(meta, {}, finish_reason, usage_field)
     if include_usage:
         yield {**_chunk_head(meta), "choices": [], "usage": usage or _empty_usage()}
 
@@ -548,6 +588,8 @@ def _delta_fields(delta: Delta) -> dict:
         fields["reasoning_content"] = delta.reasoning
     if delta.content:
         fields["content"] = delta.content
+    if delta.tool_calls:
+        fields["tool_calls"] = delta.tool_calls
     return fields
 
 
@@ -570,24 +612,174 @@ def completion_from_deltas(deltas: Iterable[Delta], meta: CompletionMeta) -> dic
     """Aggregate a whole reply into one ``chat.completion``."""
     content: list[str] = []
     reasoning: list[str] = []
-    usage = None
+    tool_calls: dict[int, dict] = {}
+    usage, finish_reason = None, "stop"
     for delta in deltas:
         content.append(delta.content)
         reasoning.append(delta.reasoning)
-        usage = delta.usage if delta.usage is not None else usage
+        _merge_tool_calls(tool_calls, delta.tool_calls or [])
+        if delta.usage is not None:
+            usage, finish_reason = delta.usage, delta.finish_reason or "stop"
     message = {"role": "assistant", "content": "".join(content), "refusal": None, "annotations": []}
     if any(reasoning):
         message["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        message["tool_calls"] = [tool_calls[index] for index in sorted(tool_calls)]
+        message["content"] = message["content"] or None
     return {
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage or _empty_usage(),
     }
 
 
+def _merge_tool_calls(calls: dict[int, dict], deltas: list) -> None:
+    """Join streamed tool-call fragments by index, as the OpenAI SDK's accumulator does."""
+    for fragment in deltas:
+        if not isinstance(fragment, dict):
+            continue
+        call = calls.setdefault(
+            _int(fragment.get("index")), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        call["id"] = fragment.get("id") or call["id"]
+        call["type"] = fragment.get("type") or call["type"]
+        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+
 def _empty_usage() -> dict:
     return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+# --- OpenAI-compatible upstreams ---------------------------------------------------------
+
+
+def build_openai_payload(template: dict, chat_request: ChatRequest, call: UpstreamCall) -> dict:
+    """The client's own body over the captured defaults: only the model changes, and it always streams."""
+    payload = copy.deepcopy(template)
+    payload.update({key: value for key, value in chat_request.body.items() if key not in LOCAL_FIELDS})
+    payload["model"] = call.model
+    payload["stream"] = True
+    # Ask for usage even when the client did not, so non-streaming answers have it too.
+    payload["stream_options"] = {**(chat_request.body.get("stream_options") or {}), "include_usage": True}
+    return payload
+
+
+def iter_openai_deltas(payloads: Iterable[str]) -> Iterator[Delta]:
+    """Turn an OpenAI-compatible chunk stream into deltas, ending with usage and finish reason."""
+    usage, finish_reason = None, None
+    for data in payloads:
+        chunk = _parse_frame(data)
+        if chunk.get("error"):
+            raise _openai_error_body(chunk["error"], 502)
+        if isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
+        choices = chunk.get("choices") if isinstance(chunk.get("choices"), list) else []
+        for choice in choices[:1]:
+            delta = choice.get("delta") if isinstance(choice, dict) and isinstance(choice.get("delta"), dict) else {}
+            found = _openai_delta(delta)
+            if found:
+                yield found
+            finish_reason = choice.get("finish_reason") or finish_reason
+    if finish_reason is None:
+        raise upstream_error("The upstream closed the stream before the reply finished.", code="upstream_truncated")
+    yield Delta(usage=usage or _empty_usage(), finish_reason=finish_reason)
+
+
+def _openai_delta(delta: dict) -> Delta | None:
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+    content = delta.get("content") or ""
+    tool_calls = delta.get("tool_calls") or None
+    if not (content or reasoning or tool_calls):
+        return None
+    return Delta(content=str(content), reasoning=str(reasoning), tool_calls=tool_calls)
+
+
+def error_from_openai_upstream(status: int, content_type: str, body: str, credential: str) -> ApiError:
+    """Pass an OpenAI-style upstream error on: client errors keep their status, the rest become 502."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if status in (401, 403):
+        reason = error.get("message", "") if isinstance(error, dict) else f"HTTP {status}"
+        return _credential_error(credential, str(reason))
+    if not isinstance(error, dict):
+        trimmed = " ".join(body.split())[:ERROR_BODY_LIMIT]
+        return upstream_error(f"The upstream answered HTTP {status} ({content_type or 'no content type'}): {trimmed}")
+    return _openai_error_body(error, status if status in PASSED_STATUSES else 502)
+
+
+def _openai_error_body(error: Any, status: int) -> ApiError:
+    if not isinstance(error, dict):
+        return upstream_error(f"The upstream reported an error: {str(error)[:ERROR_BODY_LIMIT]}", status=status)
+    message = str(error.get("message") or "The upstream reported an error.")[:ERROR_BODY_LIMIT]
+    kind = str(error.get("type") or ("server_error" if status >= 500 else "invalid_request_error"))
+    param = error.get("param") if isinstance(error.get("param"), str) else None
+    code = error.get("code") if isinstance(error.get("code"), str) else None
+    return ApiError(f"The upstream said: {message}", status=status, type=kind, param=param, code=code)
+
+
+# --- dialects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    """What one upstream call needs besides the client's request."""
+
+    model: str
+    chat_id: str = ""
+    now: float = 0.0
+    history: bool = False  # send every message (True) or fold them into one (False)
+
+
+def build_qwen_request(template: dict, chat_request: ChatRequest, call: UpstreamCall) -> dict:
+    """Qwen's v2 body for a chat request, in one-message or whole-history mode."""
+    _, thinking = thinking_choice(chat_request.model, chat_request.reasoning_effort)
+    text = "" if call.history else fold_messages(chat_request.messages)
+    payload = build_qwen_payload(template, call.model, text, thinking, call.chat_id, call.now)
+    if call.history:
+        template_message = payload["messages"][0]
+        payload["messages"] = build_history_messages(template_message, chat_request.messages, call.model, call.now)
+    return payload
+
+
+def check_text_only(chat_request: ChatRequest) -> None:
+    """Refuse content this web chat cannot take, before anything is sent upstream."""
+    for index, message in enumerate(chat_request.messages):
+        message_text(message, f"messages[{index}]")
+
+
+def accept_all(chat_request: ChatRequest) -> None:
+    """An OpenAI-compatible upstream judges the request itself."""
+
+
+def qwen_model(chat_request: ChatRequest) -> str:
+    return thinking_choice(chat_request.model, chat_request.reasoning_effort)[0]
+
+
+def same_model(chat_request: ChatRequest) -> str:
+    return chat_request.model
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How to speak to one family of upstreams: what it accepts, model name, body, stream, errors."""
+
+    check_request: Callable[[ChatRequest], None]
+    upstream_model: Callable[[ChatRequest], str]
+    build_payload: Callable[[dict, ChatRequest, UpstreamCall], dict]
+    iter_deltas: Callable[[Iterable[str]], Iterator[Delta]]
+    error_from_answer: Callable[[int, str, str, str], ApiError]
+
+
+# A provider's metadata.json names one of these; adding a dialect is one entry here.
+DIALECTS = {
+    "qwen": Dialect(check_text_only, qwen_model, build_qwen_request, iter_qwen_deltas, error_from_upstream),
+    "openai": Dialect(accept_all, same_model, build_openai_payload, iter_openai_deltas, error_from_openai_upstream),
+}

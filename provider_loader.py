@@ -21,7 +21,8 @@ PAYLOAD_FILE = "payload.json"
 
 # requests owns these; a browser's "br, zstd" would also break decoding without extra packages.
 DROPPED_HEADERS = frozenset({"host", "content-length", "connection", "accept-encoding"})
-KNOWN_DIALECTS = ("qwen",)
+KNOWN_DIALECTS = ("qwen", "openai")  # the stream parsers of converters.DIALECTS
+MESSAGE_MODES = ("single", "history")
 KNOWN_METADATA_KEYS = frozenset(
     {
         "host",
@@ -34,8 +35,11 @@ KNOWN_METADATA_KEYS = frozenset(
         "description",
         "optional_variables",
         "create_chat",
+        "message_mode",
+        "models_endpoint",
     }
 )
+KNOWN_MODELS_ENDPOINT_KEYS = frozenset({"method", "path", "list_field", "id_field"})
 KNOWN_CREATE_CHAT_KEYS = frozenset({"method", "path", "headers", "body", "id_field"})
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -88,6 +92,8 @@ class Provider:
     create_chat: CapturedRequest | None = None
     create_chat_body: dict | None = field(default=None, hash=False, compare=False)
     create_chat_id_field: str = "data.id"
+    message_mode: str = "single"
+    models_endpoint: dict | None = field(default=None, hash=False, compare=False)
 
     @classmethod
     def from_dir(cls, folder: Path) -> Provider:
@@ -113,6 +119,8 @@ class Provider:
             create_chat=_create_chat_request(folder, create_chat),
             create_chat_body=(create_chat or {}).get("body"),
             create_chat_id_field=(create_chat or {}).get("id_field", "data.id"),
+            message_mode=_message_mode(folder, metadata),
+            models_endpoint=_models_endpoint(folder, metadata.get("models_endpoint")),
         )
 
     @property
@@ -361,6 +369,29 @@ def _dialect(folder: Path, metadata: dict) -> str:
             f"{folder / METADATA_FILE}: unknown dialect {dialect!r} (known: {', '.join(KNOWN_DIALECTS)})"
         )
     return dialect
+
+
+def _message_mode(folder: Path, metadata: dict) -> str:
+    mode = metadata.get("message_mode", "single")
+    if mode not in MESSAGE_MODES:
+        raise ProviderError(f"{folder / METADATA_FILE}: key 'message_mode' must be one of {', '.join(MESSAGE_MODES)}")
+    return mode
+
+
+def _models_endpoint(folder: Path, spec: Any) -> dict | None:
+    """Where the upstream lists its models: ``GET path``, ids at ``list_field[].id_field``."""
+    if spec is None:
+        return None
+    source = f"{folder / METADATA_FILE}: models_endpoint"
+    if not isinstance(spec, dict):
+        raise ProviderError(f"{source} must be an object")
+    _check_keys(folder / METADATA_FILE, spec, KNOWN_MODELS_ENDPOINT_KEYS)
+    endpoint = {"method": "GET", "list_field": "data", "id_field": "id", **spec}
+    if not isinstance(endpoint.get("path"), str) or not endpoint["path"].startswith("/"):
+        raise ProviderError(f"{source}: 'path' must start with '/'")
+    if not all(isinstance(endpoint[key], str) for key in ("method", "list_field", "id_field")):
+        raise ProviderError(f"{source}: 'method', 'list_field' and 'id_field' must be strings")
+    return endpoint
 
 
 def _str_tuple(folder: Path, metadata: dict, key: str) -> tuple[str, ...]:

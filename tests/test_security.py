@@ -222,7 +222,8 @@ def test_in_stream_error_echoing_the_token_is_redacted(client, fake_qwen, caplog
     assert TOKEN not in caplog.text
 
 
-def test_logs_never_hold_the_token_at_debug(client, fake_qwen, caplog, monkeypatch):
+def test_logs_never_hold_the_token_at_debug(app_config, qwen_token, fake_qwen, caplog, monkeypatch):
+    client = create_app({**app_config, "LOG_LEVEL": "DEBUG"}).test_client()
     monkeypatch.setenv("QWEN_COOKIE", "token=cookie-secret-value")
     monkeypatch.setenv("QWEN_BX_UA", "231!bx-ua-secret-blob")
     fake_qwen.reply = sse_reply(answer_frames(["ok"]))
