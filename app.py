@@ -11,16 +11,20 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from dotenv import dotenv_values
 from flask import Flask, Response, current_app, g, jsonify, request
 from requests.adapters import HTTPAdapter
 from werkzeug.exceptions import HTTPException
@@ -48,8 +52,11 @@ from provider_loader import (
     determine_provider,
     fill_headers,
     fill_placeholders,
+    folder_signature,
+    ids_from_models_answer,
     is_plain_name,
     load_providers,
+    merge_model_ids,
     redact_headers,
     redact_secrets,
 )
@@ -72,6 +79,9 @@ DEFAULTS = {
     "WORKER_CONNECTIONS": 1000,
     "THREADS": 1,
     "BACKLOG": 2048,
+    # /v1/models merges the lists of providers that declare a models endpoint.
+    "MODELS_CACHE_SECONDS": 600.0,
+    "MODELS_REFRESH_TIMEOUT": 3.0,
 }
 ENV_TYPES = {
     "PORT": int,
@@ -82,7 +92,12 @@ ENV_TYPES = {
     "WORKER_CONNECTIONS": int,
     "THREADS": int,
     "BACKLOG": int,
+    "MODELS_CACHE_SECONDS": float,
+    "MODELS_REFRESH_TIMEOUT": float,
 }
+DEFAULT_ENV_FILE = Path(__file__).resolve().with_name(".env")
+RELOAD_CHECK_SECONDS = 1.0
+FAILED_REFRESH_RETRY_SECONDS = 60.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Past this, an oversized body is not read to its end: the connection is closed instead.
 DRAIN_LIMIT = 64 * 1024 * 1024
@@ -97,45 +112,130 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 log = logging.getLogger("reverse_api")
 
 
-@dataclass
 class Services:
-    """What the app keeps between requests: the loaded providers and one HTTP pool each."""
+    """What the app keeps between requests: providers (re-read when their folders change),
+    one HTTP pool per provider, the variables from .env, and the upstream model lists."""
 
-    registry: Registry
-    sessions: dict[str, requests.Session]
+    def __init__(self, config: dict) -> None:
+        self.providers_dir = Path(config["PROVIDERS_DIR"] or default_providers_dir())
+        self.env_file = Path(config["ENV_FILE"]) if config["ENV_FILE"] else None
+        self.pool_size = config["POOL_SIZE"]
+        self.models = ModelCatalog(config["MODELS_CACHE_SECONDS"], config["MODELS_REFRESH_TIMEOUT"])
+        self.models_timeout = config["MODELS_REFRESH_TIMEOUT"]
+        self.sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+        self._dotenv: tuple[float, dict[str, str]] = (-1.0, {})
+        self._next_check = 0.0
+        self._signature = folder_signature(self.providers_dir)
+        self.registry = self._load()
+
+    def current(self) -> Registry:
+        """The providers, re-read when a folder changed (checked at most once a second)."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return self.registry
+        with self._lock:
+            self._next_check = now + RELOAD_CHECK_SECONDS
+            signature = folder_signature(self.providers_dir)
+            if signature != self._signature:
+                self._signature, self.registry = signature, self._load()
+                log.info("provider folders changed: loaded %s", ", ".join(sorted(self.registry.providers)) or "none")
+        return self.registry
+
+    def _load(self) -> Registry:
+        registry = load_providers(self.providers_dir)
+        for name, reason in registry.errors.items():
+            log.error("provider %s not loaded: %s", name, reason)
+        for name in registry.providers:
+            self.sessions.setdefault(name, _new_session(self.pool_size))
+        return registry
+
+    def environment(self) -> dict[str, str]:
+        """Variables from .env (re-read when it changes), with the real environment winning."""
+        return {**self._dotenv_values(), **os.environ}
+
+    def _dotenv_values(self) -> dict[str, str]:
+        try:
+            mtime = self.env_file.stat().st_mtime if self.env_file else -1.0
+        except OSError:
+            mtime = -1.0
+        if mtime != self._dotenv[0]:
+            values = dotenv_values(self.env_file) if mtime >= 0 else {}
+            self._dotenv = (mtime, {k: v for k, v in values.items() if v is not None})
+        return self._dotenv[1]
 
     def secrets(self) -> list[str]:
         """The current values of every variable the providers fill in (credentials among them)."""
         names = {name for p in self.registry.providers.values() for name in p.variable_names()}
-        return [os.environ[name] for name in names if os.environ.get(name)]
+        environment = self.environment()
+        return [environment[name] for name in names if environment.get(name)]
+
+
+class ModelCatalog:
+    """Upstream model lists, cached; a slow or failing upstream never holds /v1/models up."""
+
+    def __init__(self, ttl: float, timeout: float) -> None:
+        self.ttl, self.timeout = ttl, timeout
+        self._cache: dict[str, tuple[float, list[str]]] = {}
+        self._pending: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="models")
+
+    def ids(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
+        """The folder's models plus the upstream's; past the timeout, the last good list."""
+        if provider.models_endpoint is None:
+            return list(provider.models)
+        expires, ids = self._cache.get(provider.name, (0.0, list(provider.models)))
+        if time.monotonic() < expires:
+            return ids
+        with self._lock:
+            future = self._pending.get(provider.name)
+            if future is None:
+                future = self._executor.submit(self._refresh, provider, fetch)
+                self._pending[provider.name] = future
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            return ids  # the refresh goes on and fills the cache for the next request
+
+    def _refresh(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
+        try:
+            ids, ttl = merge_model_ids(provider.models, fetch()), self.ttl
+        except Exception as exc:  # any failure falls back to the folder's list
+            log.warning("models of %s not refreshed: %s", provider.name, type(exc).__name__)
+            ids, ttl = list(provider.models), min(self.ttl, FAILED_REFRESH_RETRY_SECONDS)
+        self._cache[provider.name] = (time.monotonic() + ttl, ids)
+        with self._lock:
+            self._pending.pop(provider.name, None)
+        return ids
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """Build the app: defaults, then the environment, then explicit overrides (tests)."""
+    """Build the app: defaults, then .env, then the environment, then explicit overrides (tests)."""
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
-    app.config.update(_config_from_env())
+    env_file = (config or {}).get("ENV_FILE", os.environ.get("ENV_FILE", DEFAULT_ENV_FILE))
+    app.config.update(_config_from_env(env_file))
     app.config.update(config or {})
+    app.config["ENV_FILE"] = env_file
     _check_config(app.config)
     _configure_logging(app.config["LOG_LEVEL"])
     app.config["API_KEYS"] = _split_list(app.config["API_KEYS"])
     app.config["CORS_ORIGINS"] = _split_list(app.config["CORS_ORIGINS"])
     # Werkzeug stops reading a body without Content-Length (chunked) here; one byte more tells us it was over.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"] + 1
-    registry = load_providers(Path(app.config["PROVIDERS_DIR"] or default_providers_dir()))
-    for name, reason in registry.errors.items():
-        log.error("provider %s not loaded: %s", name, reason)
-    sessions = {name: _new_session(app.config["POOL_SIZE"]) for name in registry.providers}
-    app.extensions["reverse_api"] = Services(registry, sessions)
+    app.extensions["reverse_api"] = Services(app.config)
     _register_hooks(app)
     _register_routes(app)
     return app
 
 
-def _config_from_env() -> dict:
+def _config_from_env(env_file: str | Path | None) -> dict:
+    """Settings from .env, then from the real environment, which wins."""
+    file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
     found = {}
     for key in DEFAULTS:
-        value = os.environ.get(key)
+        value = os.environ.get(key) or file_values.get(key)
         if value not in (None, ""):
             found[key] = _convert(key, value)
     return found
@@ -335,30 +435,53 @@ def _register_routes(app: Flask) -> None:
 
 
 def health() -> Response:
-    registry = _services().registry
+    """Per provider: loaded or why not, and which credentials are missing (names only).
+
+    "ok" when every folder loaded and at least one provider has its credentials.
+    """
+    registry = _services().current()
+    environment = _services().environment()
     providers: dict[str, dict] = {}
     for name, provider in registry.providers.items():
-        missing = [n for n in provider.required_variables() if not os.environ.get(n)]
+        missing = [n for n in provider.required_variables() if not environment.get(n)]
         providers[name] = {"loaded": True, "credentials_set": not missing, "missing_variables": missing}
     for name, reason in registry.errors.items():
         providers[name] = {"loaded": False, "error": reason}
-    healthy = all(p["loaded"] and p["credentials_set"] for p in providers.values())
+    usable = any(p.get("credentials_set") for p in providers.values())
+    healthy = usable and not registry.errors
     return jsonify({"status": "ok" if healthy else "degraded", "providers": providers})
 
 
 def list_models() -> Response:
+    services = _services()
+    registry = services.current()
     data = []
-    for name in sorted(_services().registry.providers):
-        provider = _services().registry.providers[name]
-        data.extend(model_object(model, provider) for model in provider.models)
+    for name in sorted(registry.providers):
+        provider = registry.providers[name]
+        ids = services.models.ids(provider, partial(fetch_model_ids, services, provider))
+        data.extend(model_object(model, provider) for model in ids)
     return jsonify({"object": "list", "data": data})
 
 
 def retrieve_model(model_id: str) -> Response:
-    provider = determine_provider(_services().registry.providers, model_id)
+    provider = determine_provider(_services().current().providers, model_id)
     if provider is None:
         raise ApiError(f"The model '{model_id}' does not exist.", status=404, param="model", code="model_not_found")
     return jsonify(model_object(model_id, provider))
+
+
+def fetch_model_ids(services: Services, provider: Provider) -> list[str]:
+    """Ask the upstream's declared models endpoint (runs outside any request)."""
+    endpoint = provider.models_endpoint
+    variables = request_variables(services.environment(), "", "", time.time())
+    # No chat exists here: headers naming one (Referer .../c/${chat_id}) are left out.
+    headers = fill_headers(provider.request.headers, variables, provider.optional_variables | {"chat_id"})
+    url = provider.base_url + fill_placeholders(endpoint["path"], variables)
+    timeout = services.models_timeout
+    response = services.sessions[provider.name].request(endpoint["method"], url, headers=headers, timeout=timeout)
+    with response:
+        response.raise_for_status()
+        return ids_from_models_answer(response.json(), endpoint)
 
 
 def model_object(model_id: str, provider: Provider) -> dict:
@@ -397,7 +520,7 @@ def _json_body() -> Any:
 
 def resolve_provider(chat_request: ChatRequest) -> Provider:
     """The explicit ``provider`` field wins; otherwise the model name decides."""
-    registry = _services().registry
+    registry = _services().current()
     name = chat_request.provider
     if name is None:
         provider = determine_provider(registry.providers, chat_request.model)
@@ -474,7 +597,7 @@ def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]
     model = dialect.upstream_model(chat_request)
     now = time.time()
     chat_id = create_chat(provider, model, now) if provider.create_chat else ""
-    variables = request_variables(provider, model, chat_id, now)
+    variables = request_variables(_services().environment(), model, chat_id, now)
     headers = _fill_headers(provider, provider.request.headers, variables)
     call = UpstreamCall(model=model, chat_id=chat_id, now=now, history=provider.message_mode == "history")
     # The template is filled first, so placeholders in the client's own text are never expanded.
@@ -487,7 +610,7 @@ def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]
 def create_chat(provider: Provider, model: str, now: float) -> str:
     """Open a chat when the provider declares that step (Qwen v2); return its id."""
     step = provider.create_chat
-    variables = request_variables(provider, model, "", now)
+    variables = request_variables(_services().environment(), model, "", now)
     headers = _fill_headers(provider, _with_overrides(provider.request.headers, step.headers), variables)
     body = build_create_chat_body(_fill(provider, provider.create_chat_body, variables), model, now)
     url = provider.base_url + _safe_path(provider, _fill(provider, step.path, variables))
@@ -500,9 +623,9 @@ def create_chat(provider: Provider, model: str, now: float) -> str:
     return chat_id
 
 
-def request_variables(provider: Provider, model: str, chat_id: str, now: float) -> dict[str, Any]:
+def request_variables(environment: dict[str, str], model: str, chat_id: str, now: float) -> dict[str, Any]:
     """Environment variables plus the per-request values placeholders may use."""
-    values: dict[str, Any] = dict(os.environ)
+    values: dict[str, Any] = dict(environment)
     values.update(
         chat_id=chat_id,
         uuid=str(uuid.uuid4()),
@@ -601,11 +724,23 @@ def _read_json_answer(provider: Provider, response: requests.Response) -> Any:
 
 
 def _read_error_body(response: requests.Response) -> str:
+    """At most ERROR_BODY_BYTES of a non-stream answer (JSON, an error page)."""
     try:
         raw = response.raw.read(ERROR_BODY_BYTES, decode_content=True)
-    except (requests.RequestException, OSError, Exception) as exc:  # urllib3 errors have no common base
-        raise upstream_error(f"The upstream connection failed while reading: {type(exc).__name__}.") from None
+    except Exception as exc:  # urllib3 errors have no common base; never a 500
+        raise _read_failure(exc) from None
     return raw.decode("utf-8", errors="replace")
+
+
+def _read_failure(exc: Exception) -> ApiError:
+    """A failed read of the upstream's answer: 504 when it went silent, else 502."""
+    if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+        timeout = current_app.config["UPSTREAM_TIMEOUT"] if current_app else None
+        silent = f" for {timeout:g} s" if timeout else ""
+        return upstream_error(f"The upstream stopped sending{silent}.", status=504, code="upstream_timeout")
+    return upstream_error(
+        f"The upstream connection failed mid-reply: {type(exc).__name__}.", code="upstream_disconnected"
+    )
 
 
 def iter_upstream_deltas(provider: Provider, response: requests.Response, timeout: float) -> Iterator[Delta]:
@@ -632,13 +767,10 @@ def iter_raw_chunks(response: requests.Response, timeout: float) -> Iterator[byt
                 return
             yield chunk
     except Exception as exc:  # urllib3 raises its own types; name the failure, never a 500
-        if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
-            raise upstream_error(
-                f"The upstream stopped sending for {timeout:g} s.", status=504, code="upstream_timeout"
-            ) from None
-        raise upstream_error(
-            f"The upstream connection failed mid-reply: {type(exc).__name__}.", code="upstream_disconnected"
-        ) from None
+        error = _read_failure(exc)
+        if error.status == 504:
+            error.message = f"The upstream stopped sending for {timeout:g} s."
+        raise error from None
 
 
 def _answer_error(provider: Provider, response: requests.Response, body: str) -> ApiError:
@@ -679,11 +811,10 @@ def exposure_warning(host: str, api_keys: tuple[str, ...] | str) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python app.py``: gunicorn with gevent workers; ``--debug`` for Flask's reloading dev server."""
-    from dotenv import load_dotenv
-
-    load_dotenv(Path(__file__).with_name(".env"))
-    logging.basicConfig(level=_log_level(), format=LOG_FORMAT)
-    settings = {**DEFAULTS, **_config_from_env()}
+    # .env is read by create_app in each worker (and re-read when it changes), not copied
+    # into the environment, so real environment variables keep winning over it.
+    settings = {**DEFAULTS, **_config_from_env(os.environ.get("ENV_FILE", DEFAULT_ENV_FILE))}
+    logging.basicConfig(level=settings["LOG_LEVEL"].upper(), format=LOG_FORMAT)
     warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:
         log.warning(warning)
@@ -709,16 +840,12 @@ def gunicorn_args(settings: dict) -> list[str]:
         "--timeout=120",  # async workers heartbeat while streaming; this only catches a stuck worker
         "--graceful-timeout=30",
         "--keep-alive=75",
-        f"--log-level={_log_level().lower()}",
+        f"--log-level={settings['LOG_LEVEL'].lower()}",
     ]
 
 
 def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _log_level() -> str:
-    return os.environ.get("LOG_LEVEL", "INFO").upper()
 
 
 if __name__ == "__main__":

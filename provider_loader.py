@@ -221,6 +221,39 @@ def determine_provider(providers: Mapping[str, Provider], model: str) -> Provide
     return None
 
 
+def ids_from_models_answer(data: Any, endpoint: Mapping[str, str]) -> list[str]:
+    """Model ids from an upstream's list answer: ``list_field`` (dotted) holds objects with ``id_field``."""
+    items = data
+    for key in endpoint["list_field"].split("."):
+        items = items.get(key) if isinstance(items, dict) else None
+    if not isinstance(items, list):
+        raise ValueError(f"no list at '{endpoint['list_field']}' in the models answer")
+    id_field = endpoint["id_field"]
+    return [item[id_field] for item in items if isinstance(item, dict) and isinstance(item.get(id_field), str)]
+
+
+def merge_model_ids(listed: Iterable[str], fetched: Iterable[str]) -> list[str]:
+    """The folder's models first, then the upstream's others, each once."""
+    return list(dict.fromkeys([*listed, *(model for model in fetched if model)]))
+
+
+def folder_signature(providers_dir: Path) -> tuple:
+    """A cheap fingerprint of the provider folders: names, sizes and modification times."""
+    entries = []
+    try:
+        folders = sorted(p for p in providers_dir.iterdir() if p.is_dir())
+    except OSError:
+        return ()
+    for folder in folders:
+        for name in (METADATA_FILE, HEADER_FILE, PAYLOAD_FILE):
+            try:
+                stat = (folder / name).stat()
+                entries.append((folder.name, name, stat.st_mtime_ns, stat.st_size))
+            except OSError:
+                entries.append((folder.name, name, None, None))
+    return tuple(entries)
+
+
 def is_plain_name(name: str) -> bool:
     """True for a bare folder name: no path separators, dots-only names or control characters."""
     return bool(PLAIN_NAME.fullmatch(name)) and set(name) != {"."}

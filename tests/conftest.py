@@ -61,7 +61,8 @@ def qwen_token(monkeypatch):
 
 @pytest.fixture
 def app_config(providers_dir):
-    return {"TESTING": True, "PROVIDERS_DIR": str(providers_dir), "UPSTREAM_TIMEOUT": 5.0}
+    # ENV_FILE None: a developer's own .env must not leak into the tests.
+    return {"TESTING": True, "PROVIDERS_DIR": str(providers_dir), "UPSTREAM_TIMEOUT": 5.0, "ENV_FILE": None}
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from werkzeug.serving import make_server
 
 CHAT_ID = "c0ffee00-1111-4111-8111-111111111111"
 RESPONSE_ID = "r0ffee00-2222-4222-8222-222222222222"
+UPSTREAM_ONLY_MODEL = "qwen-upstream-only"
 
 
 def frame(obj: dict, trailing_space: bool = False) -> bytes:
@@ -112,6 +113,7 @@ class FakeQwen:
         self.app = Flask("fake_qwen")
         self.app.add_url_rule("/api/v2/chats/new", view_func=self._new_chat, methods=["POST"])
         self.app.add_url_rule("/api/v2/chat/completions", view_func=self._completions, methods=["POST"])
+        self.app.add_url_rule("/api/models", view_func=self._models, methods=["GET"])
         self.reset()
 
     def reset(self) -> None:
@@ -119,6 +121,8 @@ class FakeQwen:
         self.chat_reply = json_reply({"success": True, "request_id": "x", "data": {"id": CHAT_ID}})
         self.reply = sse_reply(answer_frames(["Hello", " world"]))
         self.closed = threading.Event()
+        # What GET /api/models lists: one model the folder also lists, one it does not.
+        self.models_reply = json_reply({"data": [{"id": "qwen3.7-plus"}, {"id": UPSTREAM_ONLY_MODEL}]})
 
     def _record(self) -> None:
         self.requests.append(
@@ -132,6 +136,10 @@ class FakeQwen:
     def _new_chat(self) -> Response:
         self._record()
         return self._answer(self.chat_reply)
+
+    def _models(self) -> Response:
+        self._record()
+        return self._answer(self.models_reply)
 
     def _completions(self) -> Response:
         self._record()

@@ -9,6 +9,7 @@ import pytest
 
 from app import create_app
 from tests.conftest import SHIPPED_QWEN, TOKEN, copy_provider
+from tests.fake_qwen import UPSTREAM_ONLY_MODEL
 
 QWEN_MODELS = json.loads((SHIPPED_QWEN / "metadata.json").read_text())["models"]
 
@@ -79,7 +80,7 @@ def test_broken_header_line_is_named_in_health(app_config, providers_dir, qwen_t
 
 def test_models_list_with_the_sdk(sdk):
     page = sdk.models.list()
-    assert [model.id for model in page.data] == QWEN_MODELS
+    assert [model.id for model in page.data] == [*QWEN_MODELS, UPSTREAM_ONLY_MODEL]
     for model in page.data:
         assert model.object == "model"
         assert isinstance(model.created, int)
@@ -108,7 +109,7 @@ def test_model_ids_may_contain_slashes(tmp_path, fake_qwen, qwen_token):
     root = tmp_path / "providers"
     root.mkdir()
     copy_provider(SHIPPED_QWEN, root / "acme", host=fake_qwen.host, models=["org/model-a"], patterns=[])
-    client = create_app({"PROVIDERS_DIR": str(root)}).test_client()
+    client = create_app({"PROVIDERS_DIR": str(root), "ENV_FILE": None}).test_client()
     assert client.get("/v1/models/org/model-a").get_json()["id"] == "org/model-a"
     assert client.get("/v1/models/org%2Fmodel-a").get_json()["id"] == "org/model-a"
 

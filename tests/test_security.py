@@ -285,7 +285,7 @@ def test_model_filled_into_a_header_or_path_cannot_inject(tmp_path, fake_qwen, q
     lines = header.read_text().splitlines()
     lines[0] = "POST /api/v2/chat/completions?chat_id=${chat_id}&m=${model} HTTP/1.1"
     header.write_text("\n".join([*lines, "X-Model: ${model}"]) + "\n")
-    client = create_app({"PROVIDERS_DIR": str(root)}).test_client()
+    client = create_app({"PROVIDERS_DIR": str(root), "ENV_FILE": None}).test_client()
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
     assert fake_qwen.requests[-1]["headers"]["X-Model"] == "qwen3.7-plus"
     response = client.post("/v1/chat/completions", json={**CHAT, "model": "qwen#frag&admin=1 x"})

@@ -31,7 +31,7 @@ def upstream(qwen_token):
 def shipped_client(qwen_token):
     from app import create_app
 
-    return create_app({"TESTING": True}).test_client()
+    return create_app({"TESTING": True, "ENV_FILE": None}).test_client()
 
 
 def post_chat(client, **changes):
