@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from dotenv import dotenv_values
 from flask import Flask, Response, current_app, g, jsonify, request
 from requests.adapters import HTTPAdapter
@@ -703,10 +704,28 @@ def send_upstream(provider: Provider, method: str, url: str, headers: dict, payl
         raise upstream_error(
             f"The upstream did not answer within {timeout:g} s.", status=504, code="upstream_timeout"
         ) from None
+    except requests.ConnectionError as exc:
+        if _is_protocol_error(exc):
+            # Connected, but what came back was no HTTP answer (or the upstream hung up first).
+            raise upstream_error(
+                f"The upstream {provider.host} closed the connection or did not answer in HTTP.",
+                code="upstream_error",
+            ) from None
+        raise _unreachable(provider, exc) from None
     except requests.RequestException as exc:
-        raise upstream_error(
-            f"Could not reach the upstream {provider.host}: {type(exc).__name__}.", code="upstream_unreachable"
-        ) from None
+        raise _unreachable(provider, exc) from None
+
+
+def _is_protocol_error(exc: requests.ConnectionError) -> bool:
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the real cause
+    return isinstance(reason, urllib3.exceptions.ProtocolError)
+
+
+def _unreachable(provider: Provider, exc: Exception) -> ApiError:
+    return upstream_error(
+        f"Could not reach the upstream {provider.host}: {type(exc).__name__}.", code="upstream_unreachable"
+    )
 
 
 def _read_json_answer(provider: Provider, response: requests.Response) -> Any:

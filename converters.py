@@ -41,6 +41,7 @@ SYSTEM_FINGERPRINT = "fp_reverse_api"
 THINK_CLOSE = "\n</think>\n\n"
 ERROR_BODY_LIMIT = 300
 RATE_LIMIT_CODES = frozenset({"ratelimited", "parallellimited", "quotalimited", "quota_limit", "too_many_requests"})
+BROWSER_CHECK_MARKERS = ("FAIL_SYS_USER_VALIDATE", "aliyun_waf", "_____tmd_____/punish")
 AUTH_CODES = frozenset({"unauthorized", "token_expired", "invalid_token"})
 
 
@@ -441,8 +442,10 @@ def _in_stream_error(error: Any) -> ApiError:
 
 def error_from_upstream(status: int, content_type: str, body: str, credential: str) -> ApiError:
     """Map a non-stream upstream answer (Qwen sends most errors with HTTP 200) to an ApiError."""
-    if "FAIL_SYS_USER_VALIDATE" in body or "aliyun_waf" in body or "text/html" in content_type:
+    if any(marker in body for marker in BROWSER_CHECK_MARKERS):
         return _browser_check_error()
+    if "text/html" in content_type and status == 200:
+        return _browser_check_error()  # a web page where the API should answer: a login or check page
     try:
         data = json.loads(body)
     except ValueError:

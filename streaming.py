@@ -47,9 +47,8 @@ def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Itera
             yield from pieces[1:-1]
             pending, pending_size = [pieces[-1]], len(pieces[-1])
         if pending_size > max_line:
-            raise SseLineTooLong(f"an event line is longer than {max_line} bytes")
-    if pending_size:
-        yield b"".join(pending)
+            raise SseLineTooLong(f"an event line longer than {max_line} bytes")
+    # A last line with no line break was cut short; the SSE spec discards it.
 
 
 def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
@@ -73,7 +72,7 @@ def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
         elif name == "id" and "\0" not in value:
             event_id = value
     if data:
-        # Qwen ends by closing the connection, sometimes without a final blank line.
+        # Complete data lines with no blank line after them: the stream closed right after an event.
         yield SseEvent("\n".join(data), event, event_id)
 
 

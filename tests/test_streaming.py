@@ -30,9 +30,8 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def reference_lines(data: bytes) -> list[bytes]:
-    """Lines of a whole byte string, ended by CRLF, CR or LF; a final empty remainder is no line."""
-    lines = re.split(rb"\r\n|\r|\n", data)
-    return lines[:-1] if lines[-1] == b"" else lines
+    """Complete lines of a whole byte string, ended by CRLF, CR or LF; an unended remainder is dropped."""
+    return re.split(rb"\r\n|\r|\n", data)[:-1]
 
 
 # --- iter_lines --------------------------------------------------------------------------
@@ -44,18 +43,18 @@ def reference_lines(data: bytes) -> list[bytes]:
         ([b"a\nb\n"], [b"a", b"b"]),
         ([b"a\rb\r"], [b"a", b"b"]),
         ([b"a\r\nb\r\n"], [b"a", b"b"]),
-        ([b"a\r", b"\nb"], [b"a", b"b"]),
-        ([b"a\r", b"", b"", b"\nb"], [b"a", b"b"]),
+        ([b"a\r", b"\nb\n"], [b"a", b"b"]),
+        ([b"a\r", b"", b"", b"\nb\n"], [b"a", b"b"]),
         ([b"a\r", b"\n", b"\n"], [b"a", b""]),
         ([b"a\r", b"\r\n"], [b"a", b""]),
-        ([b"a\r\r\nb"], [b"a", b"", b"b"]),
+        ([b"a\r\r\nb\r"], [b"a", b"", b"b"]),
         ([b"\r", b"\r", b"\n"], [b"", b""]),
-        ([b"a\n\nb"], [b"a", b"", b"b"]),
+        ([b"a\n\nb\n"], [b"a", b"", b"b"]),
         ([b"\n\r\n\r"], [b"", b"", b""]),
         ([b"", b"a", b"", b"b", b"", b"c\n", b""], [b"abc"]),
         ([b"da", b"ta: x", b"\n"], [b"data: x"]),
-        ([b"tail"], [b"tail"]),
-        ([b"a\n", b"tail"], [b"a", b"tail"]),
+        ([b"tail"], []),
+        ([b"a\n", b"tail"], [b"a"]),
         ([b"\n", b"\n"], [b"", b""]),
         ([], []),
         ([b"", b""], []),
@@ -75,8 +74,8 @@ def reference_lines(data: bytes) -> list[bytes]:
         "only-terminators",
         "empty-chunks-ignored",
         "line-across-chunks",
-        "trailing-line-without-newline",
-        "trailing-line-in-own-chunk",
+        "cut-short-line-dropped",
+        "cut-short-line-in-own-chunk-dropped",
         "two-empty-lines",
         "no-chunks",
         "only-empty-chunks",
@@ -104,9 +103,9 @@ def test_iter_lines_raises_past_max_line(chunks):
 @pytest.mark.parametrize(
     ("chunks", "lines"),
     [
-        ([b"x" * 10], [b"x" * 10]),
-        ([b"x" * 5, b"x" * 5, b"\n", b"y" * 10], [b"x" * 10, b"y" * 10]),
-        ([b"x" * 10 + b"\r", b"\n" + b"y" * 10], [b"x" * 10, b"y" * 10]),
+        ([b"x" * 10, b"\n"], [b"x" * 10]),
+        ([b"x" * 5, b"x" * 5, b"\n", b"y" * 10 + b"\n"], [b"x" * 10, b"y" * 10]),
+        ([b"x" * 10 + b"\r", b"\n" + b"y" * 10 + b"\r\n"], [b"x" * 10, b"y" * 10]),
     ],
 )
 def test_iter_lines_allows_exactly_max_line(chunks, lines):
@@ -161,9 +160,9 @@ def test_iter_lines_independent_of_splits(whole, data):
         (b"event: ping\n\ndata: x\n\n", [SseEvent("x")]),
         (b"\n\n\ndata: x\n\n\n\n", [SseEvent("x")]),
         (b"retry: 100\nfoo: bar\nDATA: no\ndata : no\ndata: yes\n\n", [SseEvent("yes")]),
-        (b"data: last", [SseEvent("last")]),
+        (b"data: last", []),
         (b"data: a\n\ndata: last\n", [SseEvent("a"), SseEvent("last")]),
-        (b"event: e\nid: 9\ndata: x\ndata: y", [SseEvent("x\ny", "e", "9")]),
+        (b"event: e\nid: 9\ndata: x\ndata: y", [SseEvent("x", "e", "9")]),
         (b"event: e\n", []),
         (b"data: a\r\n\r\ndata: b\r\rdata: c\n\n", [SseEvent("a"), SseEvent("b"), SseEvent("c")]),
         (b"", []),
@@ -186,9 +185,9 @@ def test_iter_lines_independent_of_splits(whole, data):
         "blank-line-without-data-does-not-dispatch",
         "extra-blank-lines",
         "unknown-and-wrong-case-fields-ignored",
-        "final-event-without-newline",
+        "final-line-cut-short-is-dropped",
         "final-event-without-blank-line",
-        "final-event-keeps-fields",
+        "final-event-keeps-fields-drops-cut-line",
         "fields-without-data-never-dispatch",
         "crlf-and-cr-line-ends",
         "empty-stream",
@@ -214,7 +213,7 @@ def test_iter_sse_events_multibyte_split_anywhere(char):
         (b"data: \xe4\xbd\n\n", "\ufffd"),
         (b"data: \xc0\xaf\n\n", "\ufffd\ufffd"),
         (b"data: \xed\xa0\x80\n\n", "\ufffd\ufffd\ufffd"),
-        (b"data: ok\xf0\x9f\x98", "ok\ufffd"),
+        (b"data: ok\xf0\x9f\x98\n", "ok\ufffd"),
     ],
     ids=["invalid-byte", "truncated-sequence", "overlong", "surrogate", "truncated-at-end-of-stream"],
 )
