@@ -1,15 +1,20 @@
 """Provider folders: parse metadata.json, header.txt and payload.json into Provider objects.
 
-Also picks the provider for a model and fills ``${NAME}`` placeholders at request time.
+Also picks the provider for a model, fills ``${NAME}`` placeholders at request time, and
+imports new folders from browser captures: ``python provider_loader.py import NAME FILE``.
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
 import copy
 import fnmatch
 import json
 import os
 import re
+import sys
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -455,3 +460,482 @@ def _create_chat_request(folder: Path, spec: Any) -> CapturedRequest | None:
 def default_providers_dir() -> Path:
     """``porviders/`` next to this file, whatever the working directory."""
     return Path(os.path.dirname(os.path.abspath(__file__))) / "porviders"
+
+
+# --- importing a browser capture -----------------------------------------------------------
+
+ENV_FILE_NAME = ".env"
+CURL_VALUE_OPTIONS = {
+    "-H": "header",
+    "--header": "header",
+    "-X": "method",
+    "--request": "method",
+    "-d": "data",
+    "--data": "data",
+    "--data-raw": "data",
+    "--data-binary": "data",
+    "--data-ascii": "data",
+    "-b": "cookie",
+    "--cookie": "cookie",
+    "-A": "user-agent",
+    "--user-agent": "user-agent",
+    "-e": "referer",
+    "--referer": "referer",
+    "--url": "url",
+}
+# Options that take a value we do not need; skipping the value keeps the URL from being mistaken.
+CURL_IGNORED_VALUE_OPTIONS = frozenset({"-o", "--output", "-m", "--max-time", "--connect-timeout", "-x", "--proxy"})
+ANSI_C_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "a": "\a",
+    "b": "\b",
+    "e": "\x1b",
+    "E": "\x1b",
+    "f": "\f",
+    "v": "\v",
+    "?": "?",
+}
+NOT_SECRET_HEADERS = frozenset({"bx-v", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"})
+REQUEST_ID_HEADERS = frozenset({"x-request-id", "request-id", "x-client-request-id", "x-correlation-id"})
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+AUTH_SCHEME = re.compile(r"^(Bearer|Basic|Token|Bot)\s+(.+)$", re.IGNORECASE)
+QWEN_CREATE_CHAT = {
+    "method": "POST",
+    "path": "/api/v2/chats/new",
+    "headers": {"Referer": "https://chat.qwen.ai/c/new-chat"},
+    "body": {"chatId": "", "models": [""], "project_id": "", "timestamp": 0, "chat_type": "t2t", "chat_mode": "normal"},
+    "id_field": "data.id",
+}
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One captured browser request: method, full URL, headers in order, raw body."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: str = ""
+
+
+@dataclass
+class ImportResult:
+    """What an import wrote, and what the user still has to do."""
+
+    folder: Path
+    dialect: str
+    variables_written: list[str] = field(default_factory=list)
+    variables_kept: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def split_shell_words(text: str) -> list[str]:
+    """Split a bash command line as browsers write it: '...', "...", $'...', backslashes, continuations."""
+    words: list[str] = []
+    word: list[str] | None = None
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and text[i + 1 : i + 2] in ("\n", "\r"):
+            i += 2 + (text[i + 1 : i + 3] == "\r\n")
+            continue
+        if char.isspace():
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            i += 1
+            continue
+        word = word if word is not None else []
+        piece, i = _shell_piece(text, i)
+        word.append(piece)
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
+def _shell_piece(text: str, i: int) -> tuple[str, int]:
+    """One quoted or bare piece of a word, starting at ``i``; returns it and the next index."""
+    if text.startswith("$'", i):
+        return _ansi_c_quoted(text, i + 2)
+    if text[i] == "'":
+        end = text.find("'", i + 1)
+        if end < 0:
+            raise ProviderError("capture: unterminated '...' string")
+        return text[i + 1 : end], end + 1
+    if text[i] == '"':
+        return _double_quoted(text, i + 1)
+    if text[i] == "\\" and i + 1 < len(text):
+        return text[i + 1], i + 2
+    return text[i], i + 1
+
+
+def _double_quoted(text: str, i: int) -> tuple[str, int]:
+    out = []
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            return "".join(out), i + 1
+        if char == "\\" and text[i + 1 : i + 2] in ('"', "\\", "$", "`"):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    raise ProviderError('capture: unterminated "..." string')
+
+
+def _ansi_c_quoted(text: str, i: int) -> tuple[str, int]:
+    """Bash's $'...' strings, which Chrome uses when a body holds quotes or non-ASCII text."""
+    out = []
+    while i < len(text):
+        char = text[i]
+        if char == "'":
+            return "".join(out), i + 1
+        if char != "\\":
+            out.append(char)
+            i += 1
+            continue
+        escape, i = _ansi_c_escape(text, i + 1)
+        out.append(escape)
+    raise ProviderError("capture: unterminated $'...' string")
+
+
+def _ansi_c_escape(text: str, i: int) -> tuple[str, int]:
+    char = text[i : i + 1]
+    if char in ANSI_C_ESCAPES:
+        return ANSI_C_ESCAPES[char], i + 1
+    for prefix, width in (("x", 2), ("u", 4), ("U", 8)):
+        if char == prefix:
+            digits = re.match(rf"[0-9a-fA-F]{{1,{width}}}", text[i + 1 :])
+            if digits:
+                return chr(int(digits.group(), 16)), i + 1 + len(digits.group())
+    octal = re.match(r"[0-7]{1,3}", text[i:])
+    if octal:
+        return chr(int(octal.group(), 8)), i + len(octal.group())
+    return "\\" + char, i + 1
+
+
+def parse_curl(text: str) -> Capture:
+    """A Capture from "Copy as cURL (bash)" as Chrome and Firefox write it."""
+    words = split_shell_words(text.strip())
+    if not words or words[0] != "curl":
+        raise ProviderError("capture: expected a command starting with 'curl'")
+    found: dict[str, list[str]] = {}
+    url = ""
+    index = 1
+    while index < len(words):
+        word = words[index]
+        option = CURL_VALUE_OPTIONS.get(word)
+        if option and index + 1 < len(words):
+            found.setdefault(option, []).append(words[index + 1])
+            index += 2
+        elif word in CURL_IGNORED_VALUE_OPTIONS:
+            index += 2
+        else:
+            url = url or ("" if word.startswith("-") else word)
+            index += 1
+    return _capture_from_curl_options(url or (found.get("url") or [""])[0], found)
+
+
+def _capture_from_curl_options(url: str, found: dict[str, list[str]]) -> Capture:
+    if not url.startswith(("http://", "https://")):
+        raise ProviderError("capture: no http(s) URL found in the curl command")
+    headers = [_split_header(h) for h in found.get("header", [])]
+    for option, name in (("cookie", "Cookie"), ("user-agent", "User-Agent"), ("referer", "Referer")):
+        headers.extend((name, value) for value in found.get(option, []))
+    body = "&".join(found.get("data", []))
+    method = (found.get("method") or ["POST" if body else "GET"])[-1].upper()
+    return Capture(method, url, tuple(headers), body)
+
+
+def _split_header(line: str) -> tuple[str, str]:
+    name, sep, value = line.partition(":")
+    if not sep or not HEADER_NAME.match(name.strip()):
+        raise ProviderError(f"capture: malformed header {line[:80]!r}")
+    return name.strip(), value.strip()
+
+
+def parse_har(text: str, match: str | None = None) -> tuple[Capture, Capture | None]:
+    """The chat request of a .har file, and Qwen's chat-creation request when it is there too.
+
+    The chat request is the last POST whose answer is ``text/event-stream``, or the last
+    request whose URL contains ``match``.
+    """
+    try:
+        entries = json.loads(text)["log"]["entries"]
+    except (ValueError, KeyError, TypeError):
+        raise ProviderError("capture: not a HAR file (expected log.entries)") from None
+    requests = [entry for entry in entries if isinstance(entry, dict) and isinstance(entry.get("request"), dict)]
+    chosen = [e for e in requests if _har_matches(e, match)]
+    if not chosen:
+        wanted = f"a request whose URL contains {match!r}" if match else "a POST answered with text/event-stream"
+        raise ProviderError(f"capture: the HAR file has no {wanted}; pick one with --match SUBSTRING")
+    create = [e for e in requests if "/api/v2/chats/new" in e["request"].get("url", "")]
+    return _capture_from_har(chosen[-1]), (_capture_from_har(create[-1]) if create else None)
+
+
+def _har_matches(entry: dict, match: str | None) -> bool:
+    request = entry["request"]
+    if match:
+        return match in str(request.get("url", ""))
+    response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    content = response.get("content") if isinstance(response.get("content"), dict) else {}
+    mime = str(content.get("mimeType", ""))
+    mime += " ".join(str(h.get("value", "")) for h in response.get("headers", []) if _is_content_type(h))
+    return request.get("method") == "POST" and "text/event-stream" in mime
+
+
+def _is_content_type(header: Any) -> bool:
+    return isinstance(header, dict) and str(header.get("name", "")).lower() == "content-type"
+
+
+def _capture_from_har(entry: dict) -> Capture:
+    request = entry["request"]
+    headers = [
+        (str(h.get("name", "")), str(h.get("value", "")))
+        for h in request.get("headers", [])
+        if isinstance(h, dict) and not str(h.get("name", "")).startswith(":")
+    ]
+    post = request.get("postData") if isinstance(request.get("postData"), dict) else {}
+    body = str(post.get("text", ""))
+    if post.get("encoding") == "base64":
+        body = base64.b64decode(body).decode("utf-8", errors="replace")
+    return Capture(str(request.get("method", "GET")).upper(), str(request.get("url", "")), tuple(headers), body)
+
+
+def detect_dialect(path: str, body: Any) -> str | None:
+    """Which known wire format a captured chat request speaks, or None."""
+    if path.startswith("/api/v2/chat/completions") and isinstance(body, dict) and "chat_id" in path + str(body):
+        return "qwen"
+    is_chat_path = path.split("?")[0].endswith("/chat/completions")
+    if is_chat_path and isinstance(body, dict) and isinstance(body.get("messages"), list) and "model" in body:
+        return "openai"
+    return None
+
+
+def import_capture(
+    name: str, capture_file: Path, providers_dir: Path, env_file: Path, match: str | None = None, force: bool = False
+) -> ImportResult:
+    """Write ``providers_dir/name`` from a cURL command or a HAR file, moving secrets into ``env_file``."""
+    if not is_plain_name(name):
+        raise ProviderError(f"{name!r}: a provider name must be a plain folder name")
+    folder = providers_dir / name
+    if folder.exists() and not force:
+        raise ProviderError(f"{folder} exists; use --force to overwrite it")
+    chat, create = _read_capture(capture_file, match)
+    url = urllib.parse.urlsplit(chat.url)
+    body = _json_or_none(chat.body)
+    path = url.path + (f"?{url.query}" if url.query else "")
+    dialect = detect_dialect(path, body)
+    prefix = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "PROVIDER"
+    secrets: dict[str, str] = {}
+    headers, optional = _headers_for_folder(chat.headers, prefix, secrets, dialect)
+    result = ImportResult(folder, dialect or "unknown")
+    metadata = _metadata(name, url, dialect, body, optional, create, secrets, prefix)
+    _write_folder(folder, chat.method, _fresh_path(path, dialect), headers, body, metadata)
+    result.variables_written, result.variables_kept = write_env_values(env_file, secrets, force)
+    result.notes = _import_notes(dialect, body)
+    return result
+
+
+def _read_capture(capture_file: Path, match: str | None) -> tuple[Capture, Capture | None]:
+    try:
+        text = capture_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProviderError(f"{capture_file}: cannot be read ({exc})") from None
+    if text.lstrip().startswith("{"):
+        return parse_har(text, match)
+    return parse_curl(text), None
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _headers_for_folder(
+    headers: Iterable[tuple[str, str]], prefix: str, secrets: dict[str, str], dialect: str | None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Captured headers with secrets moved to variables and per-request values made fresh."""
+    kept: list[tuple[str, str]] = []
+    optional: list[str] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in DROPPED_HEADERS or name.startswith(":"):
+            continue
+        if lowered in REQUEST_ID_HEADERS:
+            kept.append((name, "${uuid}"))
+        elif SECRET_HEADER.search(name) and lowered not in NOT_SECRET_HEADERS and value:
+            kept.append((name, _secret_placeholder(name, value, prefix, secrets, optional)))
+        elif dialect == "qwen" and lowered == "referer":
+            kept.append((name, UUID.sub("${chat_id}", value)))
+        else:
+            kept.append((name, value))
+    return kept, optional
+
+
+def _secret_placeholder(name: str, value: str, prefix: str, secrets: dict[str, str], optional: list[str]) -> str:
+    lowered = name.lower()
+    scheme = AUTH_SCHEME.match(value) if lowered == "authorization" else None
+    if scheme:
+        variable = f"{prefix}_TOKEN"
+        secrets[variable] = scheme.group(2)
+        return f"{scheme.group(1)} ${{{variable}}}"
+    variable = f"{prefix}_{re.sub(r'[^A-Z0-9]+', '_', name.upper()).strip('_')}"
+    secrets[variable] = value
+    if lowered != "authorization" and "key" not in lowered:
+        optional.append(variable)  # cookies and anti-bot headers: the request may work without them
+    return f"${{{variable}}}"
+
+
+def _fresh_path(path: str, dialect: str | None) -> str:
+    if dialect == "qwen":
+        return re.sub(r"chat_id=[^&]*", "chat_id=${chat_id}", path)
+    return path
+
+
+def _metadata(
+    name: str,
+    url: urllib.parse.SplitResult,
+    dialect: str | None,
+    body: Any,
+    optional: list[str],
+    create: Capture | None,
+    secrets: dict[str, str],
+    prefix: str,
+) -> dict:
+    model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+    metadata: dict[str, Any] = {
+        "description": f"Imported from a browser capture of {url.scheme}://{url.netloc}{url.path}",
+        "host": url.netloc,
+        "scheme": url.scheme,
+        "dialect": dialect or "unknown",
+        "owned_by": name,
+        "models": [model] if model else [],
+        "patterns": [],
+        "optional_variables": optional,
+    }
+    if dialect == "qwen":
+        metadata.update(_qwen_metadata(url, create, secrets, prefix))
+    elif dialect == "openai":
+        models_path = url.path[: -len("chat/completions")] + "models"
+        metadata["models_endpoint"] = {"method": "GET", "path": models_path, "list_field": "data", "id_field": "id"}
+    return metadata
+
+
+def _qwen_metadata(url: urllib.parse.SplitResult, create: Capture | None, secrets: dict, prefix: str) -> dict:
+    create_chat = copy.deepcopy(QWEN_CREATE_CHAT)
+    create_chat["headers"] = {"Referer": f"{url.scheme}://{url.netloc}/c/new-chat"}
+    if create is not None:
+        body = _json_or_none(create.body)
+        create_chat["path"] = urllib.parse.urlsplit(create.url).path
+        create_chat["body"] = body if isinstance(body, dict) else create_chat["body"]
+    return {
+        "message_mode": "single",
+        "models_endpoint": {"method": "GET", "path": "/api/models", "list_field": "data", "id_field": "id"},
+        "create_chat": create_chat,
+    }
+
+
+def _write_folder(
+    folder: Path, method: str, path: str, headers: list[tuple[str, str]], body: Any, metadata: dict
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
+    (folder / HEADER_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    payload = body if isinstance(body, dict) else {}
+    (folder / PAYLOAD_FILE).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _import_notes(dialect: str | None, body: Any) -> list[str]:
+    if dialect is None:
+        return [
+            'The wire format was not recognised: set "dialect" in metadata.json to one of '
+            f"{', '.join(KNOWN_DIALECTS)} (or add a dialect), and list the models it serves.",
+        ]
+    if not (isinstance(body, dict) and body.get("model")):
+        return ["No model name was found in the capture: list the provider's models in metadata.json."]
+    return []
+
+
+def write_env_values(env_file: Path, values: Mapping[str, str], force: bool = False) -> tuple[list[str], list[str]]:
+    """Add variables to a .env file (created with mode 0600); existing ones are kept unless ``force``."""
+    existing = env_file.read_text(encoding="utf-8").splitlines() if env_file.exists() else []
+    names = {
+        line.split("=", 1)[0].strip().removeprefix("export ").strip(): i
+        for i, line in enumerate(existing)
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    written, kept = [], []
+    for name, value in values.items():
+        line = f"{name}={_env_quote(value)}"
+        if name in names and not force:
+            kept.append(name)
+            continue
+        if name in names:
+            existing[names[name]] = line
+        else:
+            existing.append(line)
+        written.append(name)
+    if written:
+        descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(existing) + "\n")
+    return written, kept
+
+
+def _env_quote(value: str) -> str:
+    """Single quotes keep a value literal for python-dotenv (no escapes, no ${} expansion)."""
+    if "'" not in value:
+        return f"'{value}'"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def default_env_file() -> Path:
+    """The .env that ``python app.py`` reads, next to this file."""
+    return Path(os.path.dirname(os.path.abspath(__file__))) / ENV_FILE_NAME
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python provider_loader.py import NAME FILE``: a provider folder from a browser capture."""
+    parser = argparse.ArgumentParser(prog="python provider_loader.py", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("import", help="write porviders/NAME from a cURL command or a .har file")
+    command.add_argument("name", help="the provider's folder name, e.g. qwen2")
+    command.add_argument("file", type=Path, help='a "Copy as cURL (bash)" command saved to a file, or a .har file')
+    command.add_argument("--match", help="in a HAR file, the request whose URL contains this text")
+    command.add_argument("--force", action="store_true", help="overwrite the folder and existing .env variables")
+    command.add_argument(
+        "--providers-dir", type=Path, default=Path(os.environ.get("PROVIDERS_DIR") or default_providers_dir())
+    )
+    command.add_argument("--env-file", type=Path, default=default_env_file())
+    args = parser.parse_args(argv)
+    try:
+        result = import_capture(args.name, args.file, args.providers_dir, args.env_file, args.match, args.force)
+    except ProviderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_result(result, args.env_file)
+    return 0
+
+
+def _print_result(result: ImportResult, env_file: Path) -> None:
+    print(f"Wrote {result.folder} (dialect: {result.dialect}).")
+    if result.variables_written:
+        print(f"Secrets moved to {env_file}: {', '.join(result.variables_written)}.")
+    if result.variables_kept:
+        print(f"Kept existing values in {env_file} (use --force to replace): {', '.join(result.variables_kept)}.")
+    for note in result.notes:
+        print(f"To do: {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
