@@ -418,18 +418,25 @@ def _message_mode(folder: Path, metadata: dict) -> str:
 
 def _models_endpoint(folder: Path, spec: Any) -> dict | None:
     """Where the upstream lists its models: ``GET path``, ids at ``list_field[].id_field``."""
-    if spec is None:
-        return None
     source = f"{folder / METADATA_FILE}: models_endpoint"
-    if not isinstance(spec, dict):
-        raise ProviderError(f"{source} must be an object")
-    _check_keys(folder / METADATA_FILE, spec, KNOWN_MODELS_ENDPOINT_KEYS)
+    if not _optional_section(folder, spec, source, KNOWN_MODELS_ENDPOINT_KEYS):
+        return None
     endpoint = {"method": "GET", "list_field": "data", "id_field": "id", **spec}
     if not isinstance(endpoint.get("path"), str) or not endpoint["path"].startswith("/"):
         raise ProviderError(f"{source}: 'path' must start with '/'")
     if not all(isinstance(endpoint[key], str) for key in ("method", "list_field", "id_field")):
         raise ProviderError(f"{source}: 'method', 'list_field' and 'id_field' must be strings")
     return endpoint
+
+
+def _optional_section(folder: Path, spec: Any, source: str, known: frozenset[str]) -> bool:
+    """True when an optional metadata object is present; raises when it is not a valid one."""
+    if spec is None:
+        return False
+    if not isinstance(spec, dict):
+        raise ProviderError(f"{source} must be an object")
+    _check_keys(folder / METADATA_FILE, spec, known)
+    return True
 
 
 def _str_tuple(folder: Path, metadata: dict, key: str) -> tuple[str, ...]:
@@ -441,12 +448,9 @@ def _str_tuple(folder: Path, metadata: dict, key: str) -> tuple[str, ...]:
 
 def _create_chat_request(folder: Path, spec: Any) -> CapturedRequest | None:
     """The optional step that opens a chat before each completion (Qwen's v2 flow)."""
-    if spec is None:
-        return None
     source = f"{folder / METADATA_FILE}: create_chat"
-    if not isinstance(spec, dict):
-        raise ProviderError(f"{source} must be an object")
-    _check_keys(folder / METADATA_FILE, spec, KNOWN_CREATE_CHAT_KEYS)
+    if not _optional_section(folder, spec, source, KNOWN_CREATE_CHAT_KEYS):
+        return None
     path, method, headers = spec.get("path"), spec.get("method", "POST"), spec.get("headers", {})
     if not isinstance(path, str) or not path.startswith("/"):
         raise ProviderError(f"{source}: 'path' must start with '/'")

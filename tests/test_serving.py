@@ -38,14 +38,18 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 20) ->
     raise AssertionError("server did not start")
 
 
-def start(command: list[str], providers_dir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+def start(
+    command: list[str], providers_dir: Path, cwd: Path = ROOT, token: str | None = TOKEN
+) -> tuple[subprocess.Popen, str]:
+    """Start a server process on a free port and wait for /health; ``token`` None leaves QWEN_TOKEN unset."""
     port = free_port()
-    environment = {**os.environ, "PORT": str(port), "PROVIDERS_DIR": str(providers_dir), "QWEN_TOKEN": TOKEN, **env}
+    environment = {k: v for k, v in os.environ.items() if k != "QWEN_TOKEN"}
+    environment.update(PORT=str(port), PROVIDERS_DIR=str(providers_dir), **({"QWEN_TOKEN": token} if token else {}))
     if command[0] == "gunicorn":
         command = [sys.executable, "-m", "gunicorn", f"--bind=127.0.0.1:{port}", *command[1:]]
     process = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=cwd,
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -128,22 +132,8 @@ def test_env_file_next_to_app_py_is_loaded(providers_dir, fake_qwen, tmp_path, m
     for module in ("app.py", "provider_loader.py", "converters.py", "streaming.py"):
         (service_dir / module).write_text((ROOT / module).read_text())
     (service_dir / ".env").write_text(f"QWEN_TOKEN=from-dotenv-{TOKEN}\nLOG_LEVEL=WARNING\n")
-    monkeypatch.delenv("QWEN_TOKEN", raising=False)
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if k != "QWEN_TOKEN"}
-    environment.update(PORT=str(port), PROVIDERS_DIR=str(providers_dir))
-    process = subprocess.Popen(
-        [sys.executable, str(service_dir / "app.py")],
-        cwd=tmp_path,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process, url = start([sys.executable, str(service_dir / "app.py")], providers_dir, cwd=tmp_path, token=None)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_health(url, process)
         body = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
         assert requests.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
         assert fake_qwen.requests[-1]["headers"]["Authorization"] == f"Bearer from-dotenv-{TOKEN}"
