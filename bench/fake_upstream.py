@@ -66,8 +66,7 @@ async def send_stream(writer: asyncio.StreamWriter, body: bytes) -> None:
     events = int(match.group(1)) if match else 5
     gap = float(match.group(2) or 0) / 1000 if match else 0.0
     writer.write(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     writer.write(chunk(frame({"response.created": {"chat_id": "c", "response_id": "r1"}})))
     for n in range(events):
