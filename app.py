@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
@@ -125,7 +125,7 @@ class Services:
         self.models_timeout = config["MODELS_REFRESH_TIMEOUT"]
         self.sessions: dict[str, requests.Session] = {}
         self._lock = threading.Lock()
-        self._dotenv: tuple[float, dict[str, str]] = (-1.0, {})
+        self._dotenv: tuple[tuple | None, dict[str, str]] = (None, {})
         self._next_check = 0.0
         self._signature = folder_signature(self.providers_dir)
         self.registry = self._load()
@@ -151,25 +151,31 @@ class Services:
             self.sessions.setdefault(name, _new_session(self.pool_size))
         return registry
 
-    def environment(self) -> dict[str, str]:
-        """Variables from .env (re-read when it changes), with the real environment winning."""
-        return {**self._dotenv_values(), **os.environ}
+    def variables(self, names: Iterable[str]) -> dict[str, str]:
+        """The named variables: the real environment wins over .env (re-read when it changes)."""
+        file_values = self._dotenv_values()
+        found = {}
+        for name in names:
+            value = os.environ.get(name) or file_values.get(name)
+            if value:
+                found[name] = value
+        return found
 
     def _dotenv_values(self) -> dict[str, str]:
         try:
-            mtime = self.env_file.stat().st_mtime if self.env_file else -1.0
+            stat = self.env_file.stat() if self.env_file else None
         except OSError:
-            mtime = -1.0
-        if mtime != self._dotenv[0]:
-            values = dotenv_values(self.env_file) if mtime >= 0 else {}
-            self._dotenv = (mtime, {k: v for k, v in values.items() if v is not None})
+            stat = None
+        version = (stat.st_mtime_ns, stat.st_size) if stat else None
+        if version != self._dotenv[0]:
+            values = dotenv_values(self.env_file) if stat else {}
+            self._dotenv = (version, {k: v for k, v in values.items() if v is not None})
         return self._dotenv[1]
 
     def secrets(self) -> list[str]:
         """The current values of every variable the providers fill in (credentials among them)."""
         names = {name for p in self.registry.providers.values() for name in p.variable_names()}
-        environment = self.environment()
-        return [environment[name] for name in names if environment.get(name)]
+        return list(self.variables(names).values())
 
 
 class ModelCatalog:
@@ -183,10 +189,14 @@ class ModelCatalog:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="models")
 
     def ids(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
-        """The folder's models plus the upstream's; past the timeout, the last good list."""
+        """The folder's models plus the upstream's; past the timeout, the last good upstream list."""
         if provider.models_endpoint is None:
             return list(provider.models)
-        expires, ids = self._cache.get(provider.name, (0.0, list(provider.models)))
+        # Only the upstream's ids are cached: the folder's list is always the current one.
+        return merge_model_ids(provider.models, self._upstream_ids(provider, fetch))
+
+    def _upstream_ids(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
+        expires, ids = self._cache.get(provider.name, (0.0, []))
         if time.monotonic() < expires:
             return ids
         with self._lock:
@@ -201,10 +211,10 @@ class ModelCatalog:
 
     def _refresh(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
         try:
-            ids, ttl = merge_model_ids(provider.models, fetch()), self.ttl
+            ids, ttl = fetch(), self.ttl
         except Exception as exc:  # any failure falls back to the folder's list
             log.warning("models of %s not refreshed: %s", provider.name, type(exc).__name__)
-            ids, ttl = list(provider.models), min(self.ttl, FAILED_REFRESH_RETRY_SECONDS)
+            ids, ttl = [], min(self.ttl, FAILED_REFRESH_RETRY_SECONDS)
         self._cache[provider.name] = (time.monotonic() + ttl, ids)
         with self._lock:
             self._pending.pop(provider.name, None)
@@ -272,6 +282,11 @@ def _check_config(config: dict) -> None:
 
 def _new_session(pool_size: int) -> requests.Session:
     session = requests.Session()
+    # Proxy and CA settings are read once here, not from the environment on every request
+    # (requests' per-request lookup was a sixth of the service's CPU per request).
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies("https://upstream.invalid") or {}
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     # The service is stateless: upstream Set-Cookie must not leak from one client's call to the next.
     session.cookies.set_policy(_RejectCookies())
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
@@ -441,10 +456,10 @@ def health() -> Response:
     "ok" when every folder loaded and at least one provider has its credentials.
     """
     registry = _services().current()
-    environment = _services().environment()
     providers: dict[str, dict] = {}
     for name, provider in registry.providers.items():
-        missing = [n for n in provider.required_variables() if not environment.get(n)]
+        found = _services().variables(provider.required_variables())
+        missing = [n for n in provider.required_variables() if n not in found]
         providers[name] = {"loaded": True, "credentials_set": not missing, "missing_variables": missing}
     for name, reason in registry.errors.items():
         providers[name] = {"loaded": False, "error": reason}
@@ -474,7 +489,7 @@ def retrieve_model(model_id: str) -> Response:
 def fetch_model_ids(services: Services, provider: Provider) -> list[str]:
     """Ask the upstream's declared models endpoint (runs outside any request)."""
     endpoint = provider.models_endpoint
-    variables = request_variables(services.environment(), "", "", time.time())
+    variables = request_variables(services.variables(provider.variable_names()), "", "", time.time())
     # No chat exists here: headers naming one (Referer .../c/${chat_id}) are left out.
     headers = fill_headers(provider.request.headers, variables, provider.optional_variables | {"chat_id"})
     url = provider.base_url + fill_placeholders(endpoint["path"], variables)
@@ -598,7 +613,7 @@ def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]
     model = dialect.upstream_model(chat_request)
     now = time.time()
     chat_id = create_chat(provider, model, now) if provider.create_chat else ""
-    variables = request_variables(_services().environment(), model, chat_id, now)
+    variables = request_variables(_services().variables(provider.variable_names()), model, chat_id, now)
     headers = _fill_headers(provider, provider.request.headers, variables)
     call = UpstreamCall(model=model, chat_id=chat_id, now=now, history=provider.message_mode == "history")
     # The template is filled first, so placeholders in the client's own text are never expanded.
@@ -611,7 +626,7 @@ def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]
 def create_chat(provider: Provider, model: str, now: float) -> str:
     """Open a chat when the provider declares that step (Qwen v2); return its id."""
     step = provider.create_chat
-    variables = request_variables(_services().environment(), model, "", now)
+    variables = request_variables(_services().variables(provider.variable_names()), model, "", now)
     headers = _fill_headers(provider, _with_overrides(provider.request.headers, step.headers), variables)
     body = build_create_chat_body(_fill(provider, provider.create_chat_body, variables), model, now)
     url = provider.base_url + _safe_path(provider, _fill(provider, step.path, variables))

@@ -5,7 +5,6 @@ Pure dict-to-dict logic: no Flask, no requests, no I/O.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import uuid
@@ -71,6 +70,15 @@ class ApiError(Exception):
 
     def to_dict(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def copy_json(value: Any) -> Any:
+    """A copy of a JSON-like value; several times faster than copy.deepcopy on the request path."""
+    if isinstance(value, dict):
+        return {key: copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_json(item) for item in value]
+    return value
 
 
 def upstream_error(message: str, status: int = 502, code: str = "upstream_error", **kwargs: Any) -> ApiError:
@@ -230,7 +238,7 @@ def thinking_choice(model: str, reasoning_effort: str | None) -> tuple[str, bool
 
 def build_qwen_payload(template: dict, model: str, text: str, thinking: bool | None, chat_id: str, now: float) -> dict:
     """Fill a captured Qwen v2 body: model, fresh ids, timestamps in seconds, the prompt text."""
-    payload = copy.deepcopy(template)
+    payload = copy_json(template)
     seconds = int(now)
     payload["model"] = model
     payload["timestamp"] = seconds
@@ -271,7 +279,7 @@ def build_history_messages(template_message: dict, messages: list[dict], model: 
     built = []
     last = len(messages) - 1
     for index, message in enumerate(messages):
-        copy_ = copy.deepcopy(template_message)
+        copy_ = copy_json(template_message)
         copy_.update(
             role=HISTORY_ROLES[message["role"]],
             content=message_text(message, f"messages[{index}]"),
@@ -288,7 +296,7 @@ def build_history_messages(template_message: dict, messages: list[dict], model: 
 
 def build_create_chat_body(template: dict | None, model: str, now: float) -> dict:
     """The body that opens a Qwen chat; ``chats/new`` takes milliseconds."""
-    body = copy.deepcopy(template) if template else {}
+    body = copy_json(template) if template else {}
     if "models" in body:
         body["models"] = [model]
     if "timestamp" in body:
@@ -664,7 +672,7 @@ def _empty_usage() -> dict:
 
 def build_openai_payload(template: dict, chat_request: ChatRequest, call: UpstreamCall) -> dict:
     """The client's own body over the captured defaults: only the model changes, and it always streams."""
-    payload = copy.deepcopy(template)
+    payload = copy_json(template)
     payload.update({key: value for key, value in chat_request.body.items() if key not in LOCAL_FIELDS})
     payload["model"] = call.model
     payload["stream"] = True

@@ -17,6 +17,7 @@ import sys
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -134,16 +135,21 @@ class Provider:
 
     def variable_names(self) -> list[str]:
         """Every environment variable the provider's files refer to."""
+        return list(self._variable_names)
+
+    def required_variables(self) -> list[str]:
+        """Environment variables this provider cannot work without."""
+        return [name for name in self._variable_names if name not in self.optional_variables]
+
+    @cached_property
+    def _variable_names(self) -> tuple[str, ...]:
+        # Computed once: the files do not change under a loaded Provider (a change reloads it).
         names = set(env_names_in(self.request.headers)) | set(env_names_in(self.request.path))
         names |= set(env_names_in(self.payload)) | self.optional_variables
         if self.create_chat:
             names |= set(env_names_in(self.create_chat.headers)) | set(env_names_in(self.create_chat.path))
             names |= set(env_names_in(self.create_chat_body))
-        return sorted(names)
-
-    def required_variables(self) -> list[str]:
-        """Environment variables this provider cannot work without."""
-        return sorted(set(self.variable_names()) - self.optional_variables)
+        return tuple(sorted(names))
 
     def claims(self, model: str) -> bool:
         return model in self.models or self.matches_pattern(model)
@@ -279,7 +285,7 @@ def fill_placeholders(value: Any, variables: Mapping[str, Any]) -> Any:
     :raise MissingVariables: listing every name that has no non-empty value.
     """
     missing: list[str] = []
-    filled = _fill(copy.deepcopy(value), variables, missing)
+    filled = _fill(value, variables, missing)  # _fill builds new containers: the input is never changed
     if missing:
         raise MissingVariables(missing)
     return filled
