@@ -168,7 +168,7 @@ class Services:
             stat = None
         version = (stat.st_mtime_ns, stat.st_size) if stat else None
         if version != self._dotenv[0]:
-            values = dotenv_values(self.env_file) if stat else {}
+            values = dotenv_values(self.env_file, interpolate=False) if stat else {}
             self._dotenv = (version, {k: v for k, v in values.items() if v is not None})
         return self._dotenv[1]
 
@@ -243,7 +243,7 @@ def create_app(config: dict | None = None) -> Flask:
 
 def _config_from_env(env_file: str | Path | None) -> dict:
     """Settings from .env, then from the real environment, which wins."""
-    file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    file_values = dotenv_values(env_file, interpolate=False) if env_file and Path(env_file).is_file() else {}
     found = {}
     for key in DEFAULTS:
         value = os.environ.get(key) or file_values.get(key)

@@ -679,11 +679,13 @@ def parse_har(text: str, match: str | None = None) -> tuple[Capture, Capture | N
     try:
         entries = json.loads(text)["log"]["entries"]
     except (ValueError, KeyError, TypeError):
-        raise ProviderError("capture: not a HAR file (expected log.entries)") from None
+        entries = None
+    if not isinstance(entries, list):
+        raise ProviderError("capture: not a HAR file (expected a list at log.entries)")
     requests = [entry for entry in entries if isinstance(entry, dict) and isinstance(entry.get("request"), dict)]
     chosen = [e for e in requests if _har_matches(e, match)]
     if not chosen:
-        wanted = f"a request whose URL contains {match!r}" if match else "a POST answered with text/event-stream"
+        wanted = f"request whose URL contains {match!r}" if match else "POST answered with text/event-stream"
         raise ProviderError(f"capture: the HAR file has no {wanted}; pick one with --match SUBSTRING")
     create = [e for e in requests if "/api/v2/chats/new" in e["request"].get("url", "")]
     return _capture_from_har(chosen[-1]), (_capture_from_har(create[-1]) if create else None)
@@ -742,12 +744,12 @@ def import_capture(
     body = _json_or_none(chat.body)
     path = url.path + (f"?{url.query}" if url.query else "")
     dialect = detect_dialect(path, body)
-    prefix = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "PROVIDER"
+    prefix = _variable_prefix(name)
     secrets: dict[str, str] = {}
     headers, optional = _headers_for_folder(chat.headers, prefix, secrets, dialect)
     result = ImportResult(folder, dialect or "unknown")
     metadata = _metadata(name, url, dialect, body, optional, create, secrets, prefix)
-    _write_folder(folder, chat.method, _fresh_path(path, dialect), headers, body, metadata)
+    _write_folder(folder, chat.method, _fresh_path(path, dialect, prefix, secrets), headers, body, metadata)
     result.variables_written, result.variables_kept = write_env_values(env_file, secrets, force)
     result.notes = _import_notes(dialect, body)
     return result
@@ -805,10 +807,26 @@ def _secret_placeholder(name: str, value: str, prefix: str, secrets: dict[str, s
     return f"${{{variable}}}"
 
 
-def _fresh_path(path: str, dialect: str | None) -> str:
-    if dialect == "qwen":
-        return re.sub(r"chat_id=[^&]*", "chat_id=${chat_id}", path)
-    return path
+def _variable_prefix(name: str) -> str:
+    """NAME for ${NAME_TOKEN}: upper case, and never starting with a digit (not a valid variable)."""
+    prefix = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "PROVIDER"
+    return f"PROVIDER_{prefix}" if prefix[0].isdigit() else prefix
+
+
+def _fresh_path(path: str, dialect: str | None, prefix: str, secrets: dict[str, str]) -> str:
+    """The captured path with secret query values moved to variables and Qwen's chat id made fresh."""
+    base, _, query = path.partition("?")
+    pairs = []
+    for pair in query.split("&") if query else []:
+        key, sep, value = pair.partition("=")
+        if dialect == "qwen" and key == "chat_id":
+            value = "${chat_id}"
+        elif value and SECRET_HEADER.search(urllib.parse.unquote(key)):
+            variable = f"{prefix}_{re.sub(r'[^A-Z0-9]+', '_', key.upper()).strip('_')}"
+            secrets[variable] = urllib.parse.unquote(value)
+            value = f"${{{variable}}}"
+        pairs.append(f"{key}{sep}{value}")
+    return base + ("?" + "&".join(pairs) if query else "")
 
 
 def _metadata(
@@ -899,14 +917,14 @@ def write_env_values(env_file: Path, values: Mapping[str, str], force: bool = Fa
         descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write("\n".join(existing) + "\n")
+        os.chmod(env_file, 0o600)  # an older .env may have been readable by others: it holds secrets now
     return written, kept
 
 
 def _env_quote(value: str) -> str:
-    """Single quotes keep a value literal for python-dotenv (no escapes, no ${} expansion)."""
-    if "'" not in value:
-        return f"'{value}'"
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+    """Single quotes, with python-dotenv's two escapes there (\\ and \'); the service reads .env
+    without ${} expansion, so the value comes back exactly."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def default_env_file() -> Path:
