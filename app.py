@@ -156,7 +156,7 @@ class Services:
         file_values = self._dotenv_values()
         found = {}
         for name in names:
-            value = os.environ.get(name) or file_values.get(name)
+            value = os.environ[name] if name in os.environ else file_values.get(name)
             if value:
                 found[name] = value
         return found
@@ -246,7 +246,7 @@ def _config_from_env(env_file: str | Path | None) -> dict:
     file_values = dotenv_values(env_file, interpolate=False) if env_file and Path(env_file).is_file() else {}
     found = {}
     for key in DEFAULTS:
-        value = os.environ.get(key) or file_values.get(key)
+        value = os.environ[key] if key in os.environ else file_values.get(key)
         if value not in (None, ""):
             found[key] = _convert(key, value)
     return found

@@ -72,7 +72,8 @@ class Plan:
     warmup: int
 
 
-FULL = Plan(5, 40, 50, 20, 2000, 256, 20, 100, 512, 16, 4.0, 50, 6)
+# Long streams: 50 events 40 ms apart (2 s), about the pace of a chat model's tokens.
+FULL = Plan(5, 40, 50, 20, 2000, 256, 50, 40, 512, 16, 4.0, 50, 6)
 SMOKE = Plan(1, 5, 10, 20, 200, 20, 5, 50, 32, 16, 1.0, 10, 2)
 
 
