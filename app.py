@@ -75,7 +75,8 @@ DEFAULTS = {
     "CORS_ORIGINS": "",  # comma-separated origins, or *; empty means no CORS
     "MAX_BODY_BYTES": 10 * 1024 * 1024,
     # Serving by `python app.py` (gunicorn); see README "Serving".
-    "WORKERS": 2,
+    # One gevent worker holds hundreds of streams; raise WORKERS on a machine of its own.
+    "WORKERS": 1,
     "WORKER_CLASS": "gevent",
     "WORKER_CONNECTIONS": 1000,
     "THREADS": 1,
