@@ -216,7 +216,8 @@ def load_providers(providers_dir: Path) -> Registry:
         try:
             providers[folder.name] = Provider.from_dir(folder)
         except ProviderError as exc:
-            errors[folder.name] = str(exc)
+            # Named from the providers folder: /health is open and need not show server paths.
+            errors[folder.name] = str(exc).replace(str(providers_dir) + os.sep, "")
     return Registry(providers, errors)
 
 
