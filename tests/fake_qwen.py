@@ -120,7 +120,9 @@ class FakeQwen:
         self.requests: list[dict] = []
         self.chat_reply = json_reply({"success": True, "request_id": "x", "data": {"id": CHAT_ID}})
         self.reply = sse_reply(answer_frames(["Hello", " world"]))
-        self.closed = threading.Event()
+        # Set when a completion stream ends before all its chunks were sent: the client (the
+        # service) closed the connection.
+        self.cut = threading.Event()
         # What GET /api/models lists: one model the folder also lists, one it does not.
         self.models_reply = json_reply({"data": [{"id": "qwen3.7-plus"}, {"id": UPSTREAM_ONLY_MODEL}]})
 
@@ -143,20 +145,24 @@ class FakeQwen:
 
     def _completions(self) -> Response:
         self._record()
-        return self._answer(self.reply)
+        return self._answer(self.reply, watch=True)
 
-    def _answer(self, reply: Reply) -> Response:
+    def _answer(self, reply: Reply, watch: bool = False) -> Response:
         time.sleep(reply.hang_before)
-        return Response(self._iter_chunks(reply), status=reply.status, content_type=reply.content_type)
+        chunks = self._iter_chunks(reply, watch)
+        return Response(chunks, status=reply.status, content_type=reply.content_type)
 
-    def _iter_chunks(self, reply: Reply) -> Iterator[bytes]:
+    def _iter_chunks(self, reply: Reply, watch: bool) -> Iterator[bytes]:
+        sent = 0
         try:
             for chunk in reply.chunks:
                 if reply.delay:
                     time.sleep(reply.delay)
                 yield chunk
+                sent += 1
         finally:
-            self.closed.set()
+            if watch and sent < len(reply.chunks):
+                self.cut.set()
 
 
 class ServerThread:

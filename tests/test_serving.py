@@ -139,3 +139,16 @@ def test_env_file_next_to_app_py_is_loaded(providers_dir, fake_qwen, tmp_path, m
         assert fake_qwen.requests[-1]["headers"]["Authorization"] == f"Bearer from-dotenv-{TOKEN}"
     finally:
         stop(process)
+
+
+def test_client_leaving_mid_stream_closes_the_upstream_under_gunicorn(served, fake_qwen):
+    # One hundred frames 50 ms apart: left alone the upstream would stream for five seconds.
+    fake_qwen.reply = sse_reply(answer_frames([f"{n} " for n in range(100)]), delay=0.05)
+    body = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with requests.post(served + "/v1/chat/completions", json=body, stream=True, timeout=10) as response:
+        for line in response.iter_lines():
+            if line.startswith(b"data: ") and b'"content":"0 "' in line:
+                break
+        left = time.monotonic()
+    assert fake_qwen.cut.wait(timeout=3)  # the upstream saw its connection go before its 5 s end
+    assert time.monotonic() - left < 2.5
