@@ -635,7 +635,7 @@ def create_chat(provider: Provider, model: str, now: float) -> str:
     with response:
         data = _read_json_answer(provider, response)
     chat_id = _dig(data, provider.create_chat_id_field)
-    if not isinstance(chat_id, str) or not SAFE_ID.match(chat_id):
+    if not isinstance(chat_id, str) or not SAFE_ID.fullmatch(chat_id):
         raise upstream_error(f"The upstream did not return a usable chat id at '{provider.create_chat_id_field}'.")
     return chat_id
 
@@ -660,7 +660,7 @@ def _with_overrides(headers: tuple[tuple[str, str], ...], overrides: tuple[tuple
 
 def _safe_path(provider: Provider, path: str) -> str:
     """A filled path must stay one path on the provider's host: no spaces, line breaks or fragments."""
-    if not SAFE_PATH.match(path):
+    if not SAFE_PATH.fullmatch(path):
         raise ApiError(
             f'Provider "{provider.name}": a value filled into the request path is not URL-safe.',
             status=400,

@@ -666,7 +666,7 @@ def _capture_from_curl_options(url: str, found: dict[str, list[str]]) -> Capture
 
 def _split_header(line: str) -> tuple[str, str]:
     name, sep, value = line.partition(":")
-    if not sep or not HEADER_NAME.match(name.strip()):
+    if not sep or not HEADER_NAME.fullmatch(name.strip()) or "\n" in value or "\r" in value:
         raise ProviderError(f"capture: malformed header {line[:80]!r}")
     return name.strip(), value.strip()
 

@@ -124,8 +124,10 @@ def test_conversation_is_folded_into_one_message(shipped_client, upstream):
     )
 
 
-def test_unusable_chat_id_is_refused(shipped_client, upstream):
-    upstream.replace(responses.POST, f"{BASE}/api/v2/chats/new", json={"success": True, "data": {"id": "../x?y"}})
+@pytest.mark.parametrize("chat_id", ["../x?y", "abc\n", "abc\r\nX-Evil: 1", "", 7, None])
+def test_unusable_chat_id_is_refused(shipped_client, upstream, chat_id):
+    upstream.replace(responses.POST, f"{BASE}/api/v2/chats/new", json={"success": True, "data": {"id": chat_id}})
     response = post_chat(shipped_client)
     assert response.status_code == 502
+    assert response.get_json()["error"]["code"] == "upstream_error"
     assert len(upstream.calls) == 1
