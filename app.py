@@ -682,15 +682,29 @@ def _fill_headers(provider: Provider, headers: Any, variables: dict) -> dict[str
     except MissingVariables as exc:
         raise _missing_variables_error(provider, exc) from None
     for name, value in filled.items():
-        if any(c in value for c in "\r\n\0"):
-            raise ApiError(
-                f'Provider "{provider.name}": the value filled into header {name} has a line break.',
-                status=503,
-                type="server_error",
-                code="provider_misconfigured",
-                retryable=False,
-            )
+        _check_header_value(provider, name, value)
     return filled
+
+
+def _check_header_value(provider: Provider, name: str, value: str) -> None:
+    """A filled header must stay one header line that HTTP can carry (Latin-1, no line breaks)."""
+    if any(c in value for c in "\r\n\0"):
+        raise ApiError(
+            f'Provider "{provider.name}": the value filled into header {name} has a line break.',
+            status=503,
+            type="server_error",
+            code="provider_misconfigured",
+            retryable=False,
+        )
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ApiError(
+            f'Provider "{provider.name}": the value filled into header {name} has characters HTTP headers '
+            "cannot carry.",
+            status=400,
+            code="invalid_value",
+        ) from None
 
 
 def _missing_variables_error(provider: Provider, exc: MissingVariables) -> ApiError:

@@ -291,3 +291,7 @@ def test_model_filled_into_a_header_or_path_cannot_inject(tmp_path, fake_qwen, q
     response = client.post("/v1/chat/completions", json={**CHAT, "model": "qwen#frag&admin=1 x"})
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_value"
+    # A name HTTP headers cannot carry is a clear 400, not a crash inside the HTTP client.
+    response = client.post("/v1/chat/completions", json={**CHAT, "model": "qwen-你好", "provider": "qwen"})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_value"
