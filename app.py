@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException
 from converters import (
     DIALECTS,
     REASONING_FORMATS,
+    UNNAMED_CREDENTIAL,
     ApiError,
     ChatRequest,
     CompletionMeta,
@@ -48,6 +49,7 @@ from converters import (
 from provider_loader import (
     MissingVariables,
     Provider,
+    Redactor,
     Registry,
     default_providers_dir,
     determine_provider,
@@ -59,7 +61,6 @@ from provider_loader import (
     load_providers,
     merge_model_ids,
     redact_headers,
-    redact_secrets,
 )
 from streaming import DONE, SseLineTooLong, format_sse, iter_data, iter_sse_bytes, iter_sse_events
 
@@ -407,7 +408,7 @@ def render_api_error(error: ApiError) -> Response:
 
 def redact(text: str) -> str:
     """Blank out every credential value the providers use, wherever it turned up."""
-    return redact_secrets(text, _services().secrets())
+    return Redactor(_services().secrets())(text)
 
 
 def _render_http_exception(error: HTTPException) -> Response:
@@ -514,7 +515,7 @@ def chat_completions() -> Response:
     deltas = _prepend(_first_delta(deltas), deltas)
     deltas = iter_reasoning_format(deltas, current_app.config["REASONING_FORMAT"])
     if chat_request.stream:
-        body = iter_stream_body(deltas, meta, chat_request.include_usage, _services().secrets())
+        body = iter_stream_body(deltas, meta, chat_request.include_usage, Redactor(_services().secrets()))
         return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
     return jsonify(completion_from_deltas(deltas, meta))
 
@@ -573,16 +574,21 @@ def resolve_provider(chat_request: ChatRequest) -> Provider:
 
 
 def iter_stream_body(
-    deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool, secrets: list[str]
+    deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool, redact: Redactor
 ) -> Iterator[bytes]:
     """SSE bytes for the client; an error after the first byte becomes an error event."""
     try:
         yield from iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
     except ApiError as exc:
         body = exc.to_dict()
-        body["error"]["message"] = redact_secrets(exc.message, secrets)
+        body["error"]["message"] = redact(exc.message)
         log.warning("stream %s ended with an error: %s", meta.id, body["error"]["message"])
         yield format_sse(body)
+        yield DONE
+    except Exception:  # a bug must still end the stream the way clients understand
+        log.exception("stream %s failed", meta.id)
+        error = ApiError(f"Internal error in stream {meta.id}.", status=500, type="server_error", code="internal_error")
+        yield format_sse(error.to_dict())
         yield DONE
     finally:
         deltas.close()
@@ -621,7 +627,8 @@ def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]
     payload = dialect.build_payload(_fill(provider, provider.payload, variables), chat_request, call)
     url = provider.base_url + _safe_path(provider, _fill(provider, provider.request.path, variables))
     response = send_upstream(provider, provider.request.method, url, headers, payload)
-    return iter_upstream_deltas(provider, response, current_app.config["UPSTREAM_TIMEOUT"])
+    redact = Redactor(_services().secrets())
+    return iter_upstream_deltas(provider, response, current_app.config["UPSTREAM_TIMEOUT"], redact)
 
 
 def create_chat(provider: Provider, model: str, now: float) -> str:
@@ -633,7 +640,7 @@ def create_chat(provider: Provider, model: str, now: float) -> str:
     url = provider.base_url + _safe_path(provider, _fill(provider, step.path, variables))
     response = send_upstream(provider, step.method, url, headers, body)
     with response:
-        data = _read_json_answer(provider, response)
+        data = _read_json_answer(provider, response, Redactor(_services().secrets()))
     chat_id = _dig(data, provider.create_chat_id_field)
     if not isinstance(chat_id, str) or not SAFE_ID.fullmatch(chat_id):
         raise upstream_error(f"The upstream did not return a usable chat id at '{provider.create_chat_id_field}'.")
@@ -723,9 +730,10 @@ def send_upstream(provider: Provider, method: str, url: str, headers: dict, payl
     session = _services().sessions[provider.name]
     timeout = current_app.config["UPSTREAM_TIMEOUT"]
     path = urlsplit(url).path
-    log.debug(
-        "%s upstream %s %s%s headers=%s", g.get("request_id"), method, provider.host, path, redact_headers(headers)
-    )
+    if log.isEnabledFor(logging.DEBUG):
+        # Credential-like headers by name, and any secret value wherever it stands.
+        shown = Redactor(_services().secrets())(str(redact_headers(headers)))
+        log.debug("%s upstream %s %s%s headers=%s", g.get("request_id"), method, provider.host, path, shown)
     try:
         return session.request(
             method, url, headers=headers, json=payload, stream=True, timeout=timeout, allow_redirects=False
@@ -758,8 +766,8 @@ def _unreachable(provider: Provider, exc: Exception) -> ApiError:
     )
 
 
-def _read_json_answer(provider: Provider, response: requests.Response) -> Any:
-    body = _read_error_body(response)
+def _read_json_answer(provider: Provider, response: requests.Response, redact: Redactor) -> Any:
+    body = _read_error_body(response, redact)
     content_type = response.headers.get("Content-Type", "")
     if response.status_code >= 300 or "json" not in content_type:
         raise _answer_error(provider, response, body)
@@ -772,13 +780,16 @@ def _read_json_answer(provider: Provider, response: requests.Response) -> Any:
     return data
 
 
-def _read_error_body(response: requests.Response) -> str:
-    """At most ERROR_BODY_BYTES of a non-stream answer (JSON, an error page)."""
+def _read_error_body(response: requests.Response, redact: Redactor) -> str:
+    """At most ERROR_BODY_BYTES of a non-stream answer (JSON, an error page), secrets blanked.
+
+    Blanked here, before any message quotes and trims it: a secret cut in half would not match.
+    """
     try:
         raw = response.raw.read(ERROR_BODY_BYTES, decode_content=True)
     except Exception as exc:  # urllib3 errors have no common base; never a 500
         raise _read_failure(exc) from None
-    return raw.decode("utf-8", errors="replace")
+    return redact(raw.decode("utf-8", errors="replace"))
 
 
 def _read_failure(exc: Exception) -> ApiError:
@@ -792,17 +803,27 @@ def _read_failure(exc: Exception) -> ApiError:
     )
 
 
-def iter_upstream_deltas(provider: Provider, response: requests.Response, timeout: float) -> Iterator[Delta]:
+def iter_upstream_deltas(
+    provider: Provider, response: requests.Response, timeout: float, redact: Redactor
+) -> Iterator[Delta]:
     """Check the upstream answer, then parse its SSE stream; always release the connection."""
     try:
         content_type = response.headers.get("Content-Type", "")
         if response.status_code != 200 or "text/event-stream" not in content_type:
-            body = _read_error_body(response)
+            body = _read_error_body(response, redact)
             raise _answer_error(provider, response, body)
-        events = iter_data(iter_sse_events(iter_raw_chunks(response, timeout)))
+        # Each frame is blanked before parsing, so no error quoting it can carry a secret.
+        events = map(redact, iter_data(iter_sse_events(iter_raw_chunks(response, timeout))))
         yield from DIALECTS[provider.dialect].iter_deltas(events)
+    except ApiError as exc:
+        if exc.code == "upstream_credential_rejected":  # raised mid-stream, before the variable was known
+            exc.message = exc.message.replace(UNNAMED_CREDENTIAL, _credential_name(provider))
+        raise
     except SseLineTooLong as exc:
         raise upstream_error(f"The upstream sent {exc}.") from None
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A frame of an unexpected shape: the upstream's fault, never a 500.
+        raise upstream_error(f"The upstream sent an event this service cannot read ({type(exc).__name__}).") from None
     finally:
         response.close()
 
@@ -811,7 +832,8 @@ def iter_raw_chunks(response: requests.Response, timeout: float) -> Iterator[byt
     """Bytes as they arrive: ``read1`` returns whatever is there, so no event is held back."""
     try:
         while True:
-            chunk = response.raw.read1(READ_CHUNK)
+            # requests leaves decoding to its own readers; gzip and deflate are undone here.
+            chunk = response.raw.read1(READ_CHUNK, decode_content=True)
             if not chunk:
                 return
             yield chunk

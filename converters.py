@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -41,6 +41,7 @@ THINK_CLOSE = "\n</think>\n\n"
 ERROR_BODY_LIMIT = 300
 RATE_LIMIT_CODES = frozenset({"ratelimited", "parallellimited", "quotalimited", "quota_limit", "too_many_requests"})
 BROWSER_CHECK_MARKERS = ("FAIL_SYS_USER_VALIDATE", "aliyun_waf", "_____tmd_____/punish")
+UNNAMED_CREDENTIAL = "the provider's credential"  # the service names the variable when it knows it
 AUTH_CODES = frozenset({"unauthorized", "token_expired", "invalid_token"})
 
 
@@ -353,6 +354,8 @@ def _parse_frame(data: str) -> dict:
 
 
 def _frame_deltas(frame: dict, state: _QwenState) -> Iterator[Delta]:
+    if any(marker in str(frame.get("ret", "")) for marker in BROWSER_CHECK_MARKERS):
+        raise _browser_check_error()  # the anti-bot challenge, sent as an event
     if frame.get("error"):
         raise _in_stream_error(frame["error"])
     if frame.get("success") is False:
@@ -422,8 +425,8 @@ def _total_usage(state: _QwenState) -> dict:
     rounds = state.closed_rounds + ([state.round_usage] if state.round_usage else [])
     prompt = sum(_int(r.get("input_tokens")) for r in rounds)
     completion = sum(_int(r.get("output_tokens")) for r in rounds)
-    reasoning = sum(_int((r.get("output_tokens_details") or {}).get("reasoning_tokens")) for r in rounds)
-    cached = sum(_int((r.get("prompt_tokens_details") or {}).get("cached_tokens")) for r in rounds)
+    reasoning = sum(_int(_dict(r.get("output_tokens_details")).get("reasoning_tokens")) for r in rounds)
+    cached = sum(_int(_dict(r.get("prompt_tokens_details")).get("cached_tokens")) for r in rounds)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -433,14 +436,26 @@ def _total_usage(state: _QwenState) -> dict:
     }
 
 
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _in_stream_error(error: Any) -> ApiError:
+    """An error frame inside the stream: known codes map as in the JSON envelope, others are 502."""
     if isinstance(error, dict):
         code = str(error.get("code") or "error")
         details = str(error.get("details") or error.get("message") or "")
+        mapped = error_from_envelope({"data": {**error, "code": code, "details": details}})
+        if mapped.code != "upstream_error":
+            return mapped
         return upstream_error(f"The upstream reported an error: {code}: {details}"[:ERROR_BODY_LIMIT])
     return upstream_error(f"The upstream reported an error: {str(error)[:ERROR_BODY_LIMIT]}")
 
@@ -470,7 +485,7 @@ def error_from_upstream(status: int, content_type: str, body: str, credential: s
     return upstream_error(f"The upstream answered HTTP {status} ({content_type or 'no content type'}): {trimmed}")
 
 
-def error_from_envelope(data: dict, credential: str = "the provider's credential") -> ApiError:
+def error_from_envelope(data: dict, credential: str = UNNAMED_CREDENTIAL) -> ApiError:
     """Map Qwen's ``{"success": false, "data": {"code", "details"}}`` envelope."""
     inner = data.get("data") if isinstance(data.get("data"), dict) else {}
     code = str(inner.get("code") or "")
@@ -549,12 +564,12 @@ def iter_reasoning_format(deltas: Iterable[Delta], reasoning_format: str) -> Ite
         if delta.heartbeat:
             yield delta
             continue
-        if reasoning_format == "hidden" or delta.usage is not None:
-            if thinking:  # reasoning with no answer after it: close the tag all the same
+        if reasoning_format == "hidden" or delta.usage is not None or delta.tool_calls:
+            if thinking:  # reasoning with nothing but calls or the end after it: close the tag all the same
                 yield Delta(content=THINK_CLOSE)
                 thinking = False
-            if delta.content or delta.usage is not None:
-                yield Delta(content=delta.content, usage=delta.usage)
+            if delta.content or delta.usage is not None or delta.tool_calls:
+                yield replace(delta, reasoning="")  # tool calls, usage and finish reason kept
             continue
         text, thinking = _think_tagged(delta, thinking)
         if text:
@@ -656,11 +671,11 @@ def _merge_tool_calls(calls: dict[int, dict], deltas: list) -> None:
         call = calls.setdefault(
             _int(fragment.get("index")), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
         )
-        call["id"] = fragment.get("id") or call["id"]
-        call["type"] = fragment.get("type") or call["type"]
-        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
-        call["function"]["name"] += function.get("name") or ""
-        call["function"]["arguments"] += function.get("arguments") or ""
+        call["id"] = _str(fragment.get("id")) or call["id"]
+        call["type"] = _str(fragment.get("type")) or call["type"]
+        function = _dict(fragment.get("function"))
+        call["function"]["name"] += _str(function.get("name"))
+        call["function"]["arguments"] += _str(function.get("arguments"))
 
 
 def _empty_usage() -> dict:
@@ -690,16 +705,22 @@ def iter_openai_deltas(payloads: Iterable[str]) -> Iterator[Delta]:
             raise _openai_error_body(chunk["error"], 502)
         if isinstance(chunk.get("usage"), dict):
             usage = chunk["usage"]
-        choices = chunk.get("choices") if isinstance(chunk.get("choices"), list) else []
-        for choice in choices[:1]:
-            delta = choice.get("delta") if isinstance(choice, dict) and isinstance(choice.get("delta"), dict) else {}
-            found = _openai_delta(delta)
-            if found:
-                yield found
-            finish_reason = choice.get("finish_reason") or finish_reason
+        choice = _first_choice(chunk.get("choices"))
+        found = _openai_delta(_dict(choice.get("delta")))
+        if found:
+            yield found
+        finish_reason = _str(choice.get("finish_reason")) or finish_reason
     if finish_reason is None:
         raise upstream_error("The upstream closed the stream before the reply finished.", code="upstream_truncated")
     yield Delta(usage=usage or _empty_usage(), finish_reason=finish_reason)
+
+
+def _first_choice(choices: Any) -> dict:
+    """The choice with index 0; with ``n`` > 1 an upstream interleaves several, and only one is relayed."""
+    for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return {}
 
 
 def _openai_delta(delta: dict) -> Delta | None:

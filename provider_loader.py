@@ -54,6 +54,7 @@ ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model"})
 SECRET_HEADER = re.compile(r"^(authorization|cookie|bx-)|token|secret|key|session|auth|sign", re.IGNORECASE)
 MIN_SECRET_LENGTH = 4  # shorter values ("1", "web") would blank ordinary words
+MIN_COOKIE_VALUE_LENGTH = 8  # cookie values such as "1" or "zh-CN" are not worth blanking
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 REQUEST_LINE = re.compile(r"^([A-Z]+) (/\S*) HTTP/[0-9.]+$")
@@ -333,12 +334,33 @@ def fill_headers(
     return filled
 
 
+class Redactor:
+    """Blanks secret values in text: as given, JSON-escaped, and each piece of a cookie string."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        variants = {form for secret in secrets for form in _secret_forms(secret) if len(form) >= MIN_SECRET_LENGTH}
+        # Longest first, so no fragment of a longer secret survives a shorter match.
+        ordered = sorted(variants, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub("[redacted]", text) if self._pattern else text
+
+
+def _secret_forms(secret: str) -> set[str]:
+    escaped = json.dumps(secret)[1:-1]
+    # JSON may also escape "/" (as JavaScript servers do): cover that spelling too.
+    forms = {secret, escaped, escaped.replace("/", "\\/"), json.dumps(secret, ensure_ascii=False)[1:-1]}
+    for piece in secret.split(";"):  # a cookie string: each cookie's value may be echoed alone
+        value = piece.partition("=")[2].strip()
+        if len(value) >= MIN_COOKIE_VALUE_LENGTH:
+            forms.add(value)
+    return forms
+
+
 def redact_secrets(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value found in a text; longest first so no fragment survives."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_SECRET_LENGTH:
-            text = text.replace(secret, "[redacted]")
-    return text
+    """Replace every secret value found in a text (see Redactor)."""
+    return Redactor(secrets)(text)
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:

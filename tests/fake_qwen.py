@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -100,6 +101,15 @@ class Reply:
     content_type: str = "text/event-stream; charset=utf-8"
     delay: float = 0.0
     hang_before: float = 0.0
+    headers: dict = field(default_factory=dict)
+
+
+def gzip_reply(reply: Reply) -> Reply:
+    """The same answer gzip-compressed, flushed after every chunk so it still streams."""
+    compressor = zlib.compressobj(wbits=31)
+    chunks = [compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH) for chunk in reply.chunks]
+    chunks[-1] += compressor.flush()
+    return Reply(chunks=chunks, content_type=reply.content_type, headers={"Content-Encoding": "gzip"})
 
 
 def json_reply(obj: dict, status: int = 200) -> Reply:
@@ -150,7 +160,7 @@ class FakeQwen:
     def _answer(self, reply: Reply, watch: bool = False) -> Response:
         time.sleep(reply.hang_before)
         chunks = self._iter_chunks(reply, watch)
-        return Response(chunks, status=reply.status, content_type=reply.content_type)
+        return Response(chunks, status=reply.status, content_type=reply.content_type, headers=reply.headers)
 
     def _iter_chunks(self, reply: Reply, watch: bool) -> Iterator[bytes]:
         sent = 0

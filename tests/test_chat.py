@@ -14,6 +14,7 @@ from tests.fake_qwen import (
     answer_frames,
     delta_frame,
     frame,
+    gzip_reply,
     json_reply,
     sse_reply,
     summary_frames,
@@ -329,3 +330,50 @@ def test_cut_stream_raw_events_end_with_error_then_done(client, fake_qwen):
     assert events[-2] == b"data: [DONE]"
     assert json.loads(events[-3][len(b"data: ") :])["error"]["code"] == "upstream_truncated"
     assert TOKEN.encode() not in response.get_data()
+
+
+# --- review fixes: compressed streams, in-stream error codes, odd frames ---------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gzip_compressed_stream_is_decoded(sdk, fake_qwen, stream):
+    fake_qwen.reply = gzip_reply(sse_reply(answer_frames(["Zipped", " reply"])))
+    if stream:
+        assert stream_text(collect_stream(sdk))[0] == "Zipped reply"
+    else:
+        assert create(sdk).choices[0].message.content == "Zipped reply"
+
+
+@pytest.mark.parametrize(
+    ("error_frame", "status", "code"),
+    [
+        (frame({"error": {"code": "RateLimited", "details": "Slow down"}}), 429, "rate_limit_exceeded"),
+        (
+            frame({"error": {"code": "unauthorized", "details": "Token has expired"}}),
+            401,
+            "upstream_credential_rejected",
+        ),
+        (frame(BAXIA), 503, "upstream_browser_check"),
+        (frame(EXPIRED), 401, "upstream_credential_rejected"),
+    ],
+    ids=["rate-limited", "unauthorized", "anti-bot", "envelope"],
+)
+def test_error_frames_in_the_stream_keep_their_meaning(client, fake_qwen, error_frame, status, code):
+    fake_qwen.reply = sse_reply([error_frame])
+    response = client.post("/v1/chat/completions", json={"model": "qwen3.7-plus", "messages": MESSAGES})
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    if code == "upstream_credential_rejected":
+        assert "QWEN_TOKEN" in error["message"]
+
+
+def test_frame_with_odd_usage_types_is_not_a_crash(client, fake_qwen):
+    odd = usage(5, 1)
+    odd["output_tokens_details"] = [1]
+    odd["prompt_tokens_details"] = "none"
+    fake_qwen.reply = sse_reply([delta_frame("answer", "ok", use=odd), delta_frame("answer", status="finished")])
+    body = {"model": "qwen3.7-plus", "messages": MESSAGES, "stream": True}
+    events = client.post("/v1/chat/completions", json=body).get_data().split(b"\n\n")
+    assert events[-2] == b"data: [DONE]"
+    assert b'"content":"ok"' in b"".join(events)

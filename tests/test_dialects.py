@@ -20,6 +20,7 @@ import app as app_module
 import converters
 import provider_loader
 from app import create_app
+from tests import fake_openai as fake_module
 from tests.conftest import ROOT, TOKEN, copy_provider
 from tests.fake_openai import (
     UPSTREAM_ID,
@@ -804,3 +805,47 @@ def test_env_settings_in_the_real_environment_win(app_config, env_file, monkeypa
 def test_dialect_table_matches_the_loaders_known_dialects():
     assert set(converters.DIALECTS) == set(provider_loader.KNOWN_DIALECTS)
     assert len(provider_loader.KNOWN_DIALECTS) == len(set(provider_loader.KNOWN_DIALECTS))
+
+
+# --- review fixes: reasoning formats with tool calls, n > 1 ------------------------------------
+
+
+@pytest.mark.parametrize("reasoning_format", ["think-tags", "hidden"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_formats_keep_tool_calls_and_finish_reason(
+    openai_dir, app_config, qwen_token, openai_key, fake_openai, reasoning_format, stream
+):
+    fake_openai.reply = OpenAIReply(content=[], reasoning=["Let me call it."], tool_calls=[WEATHER_CALL])
+    app = create_app({**app_config, "REASONING_FORMAT": reasoning_format})
+    with ServerThread(app) as server, openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as sdk:
+        if stream:
+            with sdk.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES, tools=[WEATHER_TOOL]) as s:
+                completion = s.get_final_completion()
+        else:
+            completion = oa_create(sdk, tools=[WEATHER_TOOL])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.function.name, call.function.arguments) == (
+        WEATHER_CALL.id,
+        WEATHER_CALL.name,
+        WEATHER_CALL.arguments,
+    )
+    expected_text = "<think>\nLet me call it.\n</think>\n\n" if reasoning_format == "think-tags" else ""
+    assert (choice.message.content or "") == expected_text
+
+
+def test_only_the_first_choice_is_relayed_when_the_upstream_sends_several(oa_sdk, fake_openai, monkeypatch):
+    # An upstream asked for n=2 interleaves choices 0 and 1; mixing them would garble the answer.
+    def two_choices(reply, model, include_usage):
+        head = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": 1, "model": model}
+        for index, text in ((0, "AAA"), (1, "BBB"), (0, "aaa"), (1, "bbb")):
+            choice = {"index": index, "delta": {"content": text}, "finish_reason": None}
+            yield fake_module.sse({**head, "choices": [choice]})
+        for index, reason in ((1, "length"), (0, "stop")):
+            yield fake_module.sse({**head, "choices": [{"index": index, "delta": {}, "finish_reason": reason}]})
+        yield b"data: [DONE]\n\n"
+
+    monkeypatch.setattr(fake_module.FakeOpenAI, "_chunks", staticmethod(two_choices))
+    choice = oa_create(oa_sdk, n=2).choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("AAAaaa", "stop")

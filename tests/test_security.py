@@ -295,3 +295,34 @@ def test_model_filled_into_a_header_or_path_cannot_inject(tmp_path, fake_qwen, q
     response = client.post("/v1/chat/completions", json={**CHAT, "model": "qwen-你好", "provider": "qwen"})
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_value"
+
+
+# --- review fixes: secrets cut by trimming, escaped, or echoed one cookie at a time ----------
+
+
+def test_a_token_cut_by_message_trimming_is_still_blanked(client, fake_qwen):
+    body = ("x" * 285 + f" bad token {TOKEN}").encode()
+    fake_qwen.reply = Reply(chunks=[body], status=500, content_type="text/plain")
+    message = client.post("/v1/chat/completions", json=CHAT).get_json()["error"]["message"]
+    assert TOKEN[:6] not in message
+
+
+def test_a_token_at_the_end_of_a_long_in_stream_error_is_blanked(client, fake_qwen, caplog):
+    error = frame({"error": {"code": "X", "details": "z" * 240 + TOKEN}})
+    fake_qwen.reply = sse_reply([delta_frame("answer", "partial"), error])
+    with caplog.at_level(logging.WARNING):
+        text = client.post("/v1/chat/completions", json={**CHAT, "stream": True}).get_data(as_text=True)
+    assert TOKEN[:6] not in text
+    assert TOKEN[:6] not in caplog.text
+
+
+def test_json_escaped_and_cookie_piece_secrets_are_blanked(client, fake_qwen, monkeypatch):
+    monkeypatch.setenv("QWEN_BX_UA", "231!abc/def/ghi-ua-secret")
+    monkeypatch.setenv("QWEN_COOKIE", "token=cookie-value-123456; lang=en")
+    echoed = (
+        b'data: {"error": {"code": "X", "details": "ua 231!abc\\/def\\/ghi-ua-secret and cookie-value-123456"}}\n\n'
+    )
+    fake_qwen.reply = sse_reply([delta_frame("answer", "partial"), echoed])
+    text = client.post("/v1/chat/completions", json={**CHAT, "stream": True}).get_data(as_text=True)
+    assert "ghi-ua-secret" not in text
+    assert "cookie-value-123456" not in text
