@@ -534,6 +534,12 @@ ANSI_C_ESCAPES = {
     "?": "?",
 }
 NOT_SECRET_HEADERS = frozenset({"bx-v", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"})
+URL_HEADERS = frozenset({"referer", "origin"})
+# Body fields that hold credentials: whole words of the key, so max_tokens is not one of them.
+SECRET_FIELD = re.compile(
+    r"(^|_)(api_?key|token|secret|password|passwd|session(_?id)?|auth|authorization|signature|sign)($|_)",
+    re.IGNORECASE,
+)
 REQUEST_ID_HEADERS = frozenset({"x-request-id", "request-id", "x-client-request-id", "x-correlation-id"})
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 AUTH_SCHEME = re.compile(r"^(Bearer|Basic|Token|Bot)\s+(.+)$", re.IGNORECASE)
@@ -767,15 +773,32 @@ def import_capture(
     body = _json_or_none(chat.body)
     path = url.path + (f"?{url.query}" if url.query else "")
     dialect = detect_dialect(path, body)
-    prefix = _variable_prefix(name)
-    secrets: dict[str, str] = {}
-    headers, optional = _headers_for_folder(chat.headers, prefix, secrets, dialect)
+    store = SecretStore(_variable_prefix(name))
+    headers, optional = _headers_for_folder(chat.headers, store, dialect)
+    body = _secret_fields(body, store)
     result = ImportResult(folder, dialect or "unknown")
-    metadata = _metadata(name, url, dialect, body, optional, create, secrets, prefix)
-    _write_folder(folder, chat.method, _fresh_path(path, dialect, prefix, secrets), headers, body, metadata)
-    result.variables_written, result.variables_kept = write_env_values(env_file, secrets, force)
-    result.notes = _import_notes(dialect, body)
+    metadata = _metadata(name, url, dialect, body, optional, create)
+    _write_folder(folder, chat.method, _fresh_path(path, dialect, store), headers, body, metadata)
+    result.variables_written, result.variables_kept = write_env_values(env_file, store.values, force)
+    result.notes = _import_notes(dialect, body) + _url_credential_note(url)
     return result
+
+
+class SecretStore:
+    """Captured secret values and the variables they move to: one variable per distinct value."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.values: dict[str, str] = {}
+
+    def variable(self, label: str, value: str) -> str:
+        """The variable holding ``value``, named ``PREFIX_LABEL`` (``_2``, ``_3``... when taken)."""
+        base = f"{self.prefix}_{re.sub(r'[^A-Z0-9]+', '_', label.upper()).strip('_')}"
+        name, number = base, 2
+        while name in self.values and self.values[name] != value:
+            name, number = f"{base}_{number}", number + 1
+        self.values[name] = value
+        return name
 
 
 def _read_capture(capture_file: Path, match: str | None) -> tuple[Capture, Capture | None]:
@@ -796,7 +819,7 @@ def _json_or_none(text: str) -> Any:
 
 
 def _headers_for_folder(
-    headers: Iterable[tuple[str, str]], prefix: str, secrets: dict[str, str], dialect: str | None
+    headers: Iterable[tuple[str, str]], store: SecretStore, dialect: str | None
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """Captured headers with secrets moved to variables and per-request values made fresh."""
     kept: list[tuple[str, str]] = []
@@ -808,26 +831,39 @@ def _headers_for_folder(
         if lowered in REQUEST_ID_HEADERS:
             kept.append((name, "${uuid}"))
         elif SECRET_HEADER.search(name) and lowered not in NOT_SECRET_HEADERS and value:
-            kept.append((name, _secret_placeholder(name, value, prefix, secrets, optional)))
-        elif dialect == "qwen" and lowered == "referer":
-            kept.append((name, UUID.sub("${chat_id}", value)))
+            kept.append((name, _secret_placeholder(name, value, store, optional)))
+        elif lowered in URL_HEADERS:
+            value = _fresh_path(value, None, store)  # a token in a Referer's query string, say
+            kept.append((name, UUID.sub("${chat_id}", value) if dialect == "qwen" else value))
         else:
             kept.append((name, value))
     return kept, optional
 
 
-def _secret_placeholder(name: str, value: str, prefix: str, secrets: dict[str, str], optional: list[str]) -> str:
+def _secret_placeholder(name: str, value: str, store: SecretStore, optional: list[str]) -> str:
     lowered = name.lower()
     scheme = AUTH_SCHEME.match(value) if lowered == "authorization" else None
     if scheme:
-        variable = f"{prefix}_TOKEN"
-        secrets[variable] = scheme.group(2)
-        return f"{scheme.group(1)} ${{{variable}}}"
-    variable = f"{prefix}_{re.sub(r'[^A-Z0-9]+', '_', name.upper()).strip('_')}"
-    secrets[variable] = value
-    if lowered != "authorization" and "key" not in lowered:
+        return f"{scheme.group(1)} ${{{store.variable('TOKEN', scheme.group(2))}}}"
+    variable = store.variable(name, value)
+    if lowered != "authorization" and "key" not in lowered and variable not in optional:
         optional.append(variable)  # cookies and anti-bot headers: the request may work without them
     return f"${{{variable}}}"
+
+
+def _secret_fields(body: Any, store: SecretStore) -> Any:
+    """The captured body with credential-like string fields (api_key, token, password...) moved out."""
+    if isinstance(body, dict):
+        return {key: _secret_field(key, value, store) for key, value in body.items()}
+    if isinstance(body, list):
+        return [_secret_fields(item, store) for item in body]
+    return body
+
+
+def _secret_field(key: str, value: Any, store: SecretStore) -> Any:
+    if isinstance(value, str) and value and SECRET_FIELD.search(key.replace("-", "_")):
+        return f"${{{store.variable(key, value)}}}"
+    return _secret_fields(value, store)
 
 
 def _variable_prefix(name: str) -> str:
@@ -836,8 +872,8 @@ def _variable_prefix(name: str) -> str:
     return f"PROVIDER_{prefix}" if prefix[0].isdigit() else prefix
 
 
-def _fresh_path(path: str, dialect: str | None, prefix: str, secrets: dict[str, str]) -> str:
-    """The captured path with secret query values moved to variables and Qwen's chat id made fresh."""
+def _fresh_path(path: str, dialect: str | None, store: SecretStore) -> str:
+    """A captured path or URL with secret query values moved to variables and Qwen's chat id made fresh."""
     base, _, query = path.partition("?")
     pairs = []
     for pair in query.split("&") if query else []:
@@ -845,9 +881,7 @@ def _fresh_path(path: str, dialect: str | None, prefix: str, secrets: dict[str, 
         if dialect == "qwen" and key == "chat_id":
             value = "${chat_id}"
         elif value and SECRET_HEADER.search(urllib.parse.unquote(key)):
-            variable = f"{prefix}_{re.sub(r'[^A-Z0-9]+', '_', key.upper()).strip('_')}"
-            secrets[variable] = urllib.parse.unquote(value)
-            value = f"${{{variable}}}"
+            value = f"${{{store.variable(urllib.parse.unquote(key), urllib.parse.unquote(value))}}}"
         pairs.append(f"{key}{sep}{value}")
     return base + ("?" + "&".join(pairs) if query else "")
 
@@ -859,13 +893,11 @@ def _metadata(
     body: Any,
     optional: list[str],
     create: Capture | None,
-    secrets: dict[str, str],
-    prefix: str,
 ) -> dict:
     model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
     metadata: dict[str, Any] = {
-        "description": f"Imported from a browser capture of {url.scheme}://{url.netloc}{url.path}",
-        "host": url.netloc,
+        "description": f"Imported from a browser capture of {url.scheme}://{_host(url)}{url.path}",
+        "host": _host(url),
         "scheme": url.scheme,
         "dialect": dialect or "unknown",
         "owned_by": name,
@@ -874,14 +906,29 @@ def _metadata(
         "optional_variables": optional,
     }
     if dialect == "qwen":
-        metadata.update(_qwen_metadata(url, create, secrets, prefix))
+        metadata.update(_qwen_metadata(url, create))
     elif dialect == "openai":
         models_path = url.path[: -len("chat/completions")] + "models"
         metadata["models_endpoint"] = {"method": "GET", "path": models_path, "list_field": "data", "id_field": "id"}
     return metadata
 
 
-def _qwen_metadata(url: urllib.parse.SplitResult, create: Capture | None, secrets: dict, prefix: str) -> dict:
+def _host(url: urllib.parse.SplitResult) -> str:
+    """host[:port] of a URL, without any user:password@ part."""
+    host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else url.hostname or ""
+    return f"{host}:{url.port}" if url.port else host
+
+
+def _url_credential_note(url: urllib.parse.SplitResult) -> list[str]:
+    if url.username is None:
+        return []
+    return [
+        "The captured URL carried a user name and password; they were left out of the folder. Send them as "
+        "an Authorization header placeholder if the site needs them."
+    ]
+
+
+def _qwen_metadata(url: urllib.parse.SplitResult, create: Capture | None) -> dict:
     create_chat = copy.deepcopy(QWEN_CREATE_CHAT)
     create_chat["headers"] = {"Referer": f"{url.scheme}://{url.netloc}/c/new-chat"}
     if create is not None:
@@ -937,11 +984,17 @@ def write_env_values(env_file: Path, values: Mapping[str, str], force: bool = Fa
             existing.append(line)
         written.append(name)
     if written:
-        descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(existing) + "\n")
-        os.chmod(env_file, 0o600)  # an older .env may have been readable by others: it holds secrets now
+        _write_private(env_file, "\n".join(existing) + "\n")
     return written, kept
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace a file by one only its owner can read, never exposing the new text on the way."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
 
 
 def _env_quote(value: str) -> str:

@@ -1212,3 +1212,135 @@ def test_variable_added_to_env_after_start(live, fake_qwen):
     ensure_newer(env_file, env_mtime)
     assert ask(sdk, "qwen2", stream=True) == "Hello world"
     assert [call["headers"]["Authorization"] for call in fake_qwen.requests] == ["Bearer added-after-start"] * 2
+
+
+# --- review fixes: secrets in bodies, URLs and Referers; variable collisions; .env privacy ----
+
+
+def test_credential_fields_of_the_body_leave_the_folder(tmp_path, capsys):
+    body = {
+        "model": "m-1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "api_key": "BODYSECRET999",
+        "session_token": "SESSIONSECRET42",
+        "max_tokens": 100,
+        "options": {"password": "NESTEDSECRET77"},
+    }
+    capture = f"curl 'https://chat.example.test/v1/chat/completions' --data-raw '{json.dumps(body)}'"
+    env_file = tmp_path / ".env"
+    code, _, _ = run_import(
+        capsys,
+        "bodyco",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(env_file),
+    )
+    assert code == 0
+    texts = folder_texts(tmp_path / "p" / "bodyco")
+    for secret in ("BODYSECRET999", "SESSIONSECRET42", "NESTEDSECRET77"):
+        assert all(secret not in text for text in texts.values())
+        assert secret in dotenv_values(env_file, interpolate=False).values()
+    payload = json.loads(texts["payload.json"])
+    assert payload["max_tokens"] == 100 and payload["api_key"] == "${BODYCO_API_KEY}"
+
+
+def test_user_and_password_in_the_url_leave_the_folder(tmp_path, capsys):
+    capture = 'curl \'https://user:hunter2pass@chat.example.test:8443/v1/chat/completions\' --data-raw \'{"model": "m", "messages": []}\''
+    code, out, _ = run_import(
+        capsys,
+        "urlco",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(tmp_path / ".env"),
+    )
+    assert code == 0
+    texts = folder_texts(tmp_path / "p" / "urlco")
+    assert all("hunter2pass" not in text and "user:" not in text for text in texts.values())
+    assert json.loads(texts["metadata.json"])["host"] == "chat.example.test:8443"
+    assert "user name and password" in out
+
+
+def test_secret_in_a_referer_query_leaves_the_folder(tmp_path, capsys):
+    capture = (
+        "curl 'https://chat.example.test/v1/chat/completions' "
+        "-H 'Referer: https://chat.example.test/app?access_token=REFSECRET123&tab=1' "
+        '--data-raw \'{"model": "m", "messages": []}\''
+    )
+    env_file = tmp_path / ".env"
+    run_import(
+        capsys,
+        "refco",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(env_file),
+    )
+    header = (tmp_path / "p" / "refco" / "header.txt").read_text()
+    assert "REFSECRET123" not in header
+    assert "access_token=${REFCO_ACCESS_TOKEN}&tab=1" in header
+    assert dotenv_values(env_file, interpolate=False)["REFCO_ACCESS_TOKEN"] == "REFSECRET123"
+
+
+def test_same_named_secrets_get_distinct_variables(tmp_path, capsys):
+    capture = (
+        "curl 'https://chat.example.test/v1/chat/completions?token=QUERYTOKEN' "
+        "-H 'Authorization: Bearer BEARERTOKEN' -H 'token: HEADERTOKEN' "
+        '--data-raw \'{"model": "m", "messages": []}\''
+    )
+    env_file = tmp_path / ".env"
+    run_import(
+        capsys,
+        "dup",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(env_file),
+    )
+    values = dotenv_values(env_file, interpolate=False)
+    assert sorted(values.values()) == ["BEARERTOKEN", "HEADERTOKEN", "QUERYTOKEN"]
+    method, path, headers = header_map(tmp_path / "p" / "dup")
+    bearer = headers["authorization"].removeprefix("Bearer ${").removesuffix("}")
+    assert values[bearer] == "BEARERTOKEN"
+    metadata = json.loads((tmp_path / "p" / "dup" / "metadata.json").read_text())
+    assert bearer not in metadata["optional_variables"]  # an unset bearer is an error, not a dropped header
+
+
+def test_repeated_cookie_headers_keep_every_value(tmp_path, capsys):
+    entry = har_entry(
+        "POST",
+        "https://chat.example.test/v1/chat/completions",
+        headers=[("cookie", "a=COOKIEONE111"), ("cookie", "b=COOKIETWO222"), ("content-type", "application/json")],
+        body='{"model": "m", "messages": []}',
+        response_mime="text/event-stream",
+    )
+    env_file = tmp_path / ".env"
+    run_import(
+        capsys,
+        "cookies",
+        str(write(tmp_path / "c.har", har(entry))),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(env_file),
+    )
+    provider = Provider.from_dir(tmp_path / "p" / "cookies")
+    values = dotenv_values(env_file, interpolate=False)
+    cookie_header = dict((n.lower(), v) for n, v in provider.request.headers)["cookie"]
+    filled = fill_headers([("Cookie", cookie_header)], values, frozenset())
+    assert filled["Cookie"] == "a=COOKIEONE111; b=COOKIETWO222"
+
+
+def test_an_existing_readable_env_becomes_private_and_keeps_its_lines(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# mine\nOTHER='kept'\n")
+    env_file.chmod(0o644)
+    write_env_values(env_file, {"NEW_SECRET": "s3cret"})
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert env_file.read_text().startswith("# mine\nOTHER='kept'\n")
+    assert dotenv_values(env_file, interpolate=False) == {"OTHER": "kept", "NEW_SECRET": "s3cret"}
