@@ -5,6 +5,7 @@ Routes, error rendering, upstream calls and serving; the other modules hold no F
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -101,11 +102,11 @@ ENV_TYPES = {
 DEFAULT_ENV_FILE = Path(__file__).resolve().with_name(".env")
 RELOAD_CHECK_SECONDS = 1.0
 FAILED_REFRESH_RETRY_SECONDS = 60.0
+MODELS_BODY_BYTES = 4 * 1024 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Past this, an oversized body is not read to its end: the connection is closed instead.
 DRAIN_LIMIT = 64 * 1024 * 1024
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
-LOOPBACK_HOSTS = ("127.", "localhost", "::1")
 READ_CHUNK = 64 * 1024
 ERROR_BODY_BYTES = 64 * 1024
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -188,32 +189,45 @@ class ModelCatalog:
         self._cache: dict[str, tuple[float, list[str]]] = {}
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="models")
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="models")
 
-    def ids(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
-        """The folder's models plus the upstream's; past the timeout, the last good upstream list."""
-        if provider.models_endpoint is None:
-            return list(provider.models)
-        # Only the upstream's ids are cached: the folder's list is always the current one.
-        return merge_model_ids(provider.models, self._upstream_ids(provider, fetch))
+    def ids(self, providers: list[Provider], fetcher: Callable[[Provider], list[str]]) -> dict[str, list[str]]:
+        """Each provider's models: its folder's, then its upstream's.
 
-    def _upstream_ids(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
-        expires, ids = self._cache.get(provider.name, (0.0, []))
-        if time.monotonic() < expires:
-            return ids
+        Stale lists are refreshed all at once and waited for together, never past the timeout;
+        a refresh that takes longer goes on and fills the cache for later requests.
+        """
+        deadline = time.monotonic() + self.timeout
+        futures = {p.name: self._refresh_soon(p, fetcher) for p in providers if self._stale(p)}
+        found = {}
+        for provider in providers:
+            upstream = self._cached(provider.name)
+            if provider.name in futures:
+                with contextlib.suppress(FutureTimeout):  # past the deadline: the last good list
+                    upstream = futures[provider.name].result(timeout=max(0.0, deadline - time.monotonic()))
+            found[provider.name] = merge_model_ids(provider.models, upstream)
+        return found
+
+    def owner(self, model: str, providers: list[Provider]) -> Provider | None:
+        """The first provider whose last upstream list names the model (no upstream call)."""
+        return next((p for p in providers if model in self._cached(p.name)), None)
+
+    def _stale(self, provider: Provider) -> bool:
+        expires = self._cache.get(provider.name, (0.0, []))[0]
+        return provider.models_endpoint is not None and time.monotonic() >= expires
+
+    def _cached(self, name: str) -> list[str]:
+        return self._cache.get(name, (0.0, []))[1]
+
+    def _refresh_soon(self, provider: Provider, fetcher: Callable[[Provider], list[str]]) -> Future:
         with self._lock:
-            future = self._pending.get(provider.name)
-            if future is None:
-                future = self._executor.submit(self._refresh, provider, fetch)
-                self._pending[provider.name] = future
-        try:
-            return future.result(timeout=self.timeout)
-        except FutureTimeout:
-            return ids  # the refresh goes on and fills the cache for the next request
+            if provider.name not in self._pending:
+                self._pending[provider.name] = self._executor.submit(self._refresh, provider, fetcher)
+            return self._pending[provider.name]
 
-    def _refresh(self, provider: Provider, fetch: Callable[[], list[str]]) -> list[str]:
+    def _refresh(self, provider: Provider, fetcher: Callable[[Provider], list[str]]) -> list[str]:
         try:
-            ids, ttl = fetch(), self.ttl
+            ids, ttl = fetcher(provider), self.ttl
         except Exception as exc:  # any failure falls back to the folder's list
             log.warning("models of %s not refreshed: %s", provider.name, type(exc).__name__)
             ids, ttl = [], min(self.ttl, FAILED_REFRESH_RETRY_SECONDS)
@@ -237,6 +251,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.config["CORS_ORIGINS"] = _split_list(app.config["CORS_ORIGINS"])
     # Werkzeug stops reading a body without Content-Length (chunked) here; one byte more tells us it was over.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"] + 1
+    # "//" in a path would otherwise get Werkzeug's HTML redirect page instead of a JSON 404.
+    app.url_map.merge_slashes = False
     app.extensions["reverse_api"] = Services(app.config)
     _register_hooks(app)
     _register_routes(app)
@@ -312,8 +328,8 @@ def _services() -> Services:
 def _register_hooks(app: Flask) -> None:
     app.before_request(_start_request)
     app.before_request(_answer_preflight)
+    app.before_request(_check_api_key)  # before the body is drained: strangers get nothing read for them
     app.before_request(_limit_body)
-    app.before_request(_check_api_key)
     app.after_request(_add_cors_headers)
     app.after_request(_finish_request)
     app.register_error_handler(ApiError, render_api_error)
@@ -472,17 +488,25 @@ def health() -> Response:
 
 def list_models() -> Response:
     services = _services()
-    registry = services.current()
-    data = []
-    for name in sorted(registry.providers):
-        provider = registry.providers[name]
-        ids = services.models.ids(provider, partial(fetch_model_ids, services, provider))
-        data.extend(model_object(model, provider) for model in ids)
+    providers = _sorted_providers(services.current())
+    ids = services.models.ids(providers, partial(fetch_model_ids, services))
+    data = [model_object(model, provider) for provider in providers for model in ids[provider.name]]
     return jsonify({"object": "list", "data": data})
 
 
+def _sorted_providers(registry: Registry) -> list[Provider]:
+    return [registry.providers[name] for name in sorted(registry.providers)]
+
+
+def find_provider(model: str) -> Provider | None:
+    """The folder's lists and patterns first, then the models the upstreams last listed."""
+    registry = _services().current()
+    found = determine_provider(registry.providers, model)
+    return found or _services().models.owner(model, _sorted_providers(registry))
+
+
 def retrieve_model(model_id: str) -> Response:
-    provider = determine_provider(_services().current().providers, model_id)
+    provider = find_provider(model_id)
     if provider is None:
         raise ApiError(f"The model '{model_id}' does not exist.", status=404, param="model", code="model_not_found")
     return jsonify(model_object(model_id, provider))
@@ -496,10 +520,21 @@ def fetch_model_ids(services: Services, provider: Provider) -> list[str]:
     headers = fill_headers(provider.request.headers, variables, provider.optional_variables | {"chat_id"})
     url = provider.base_url + fill_placeholders(endpoint["path"], variables)
     timeout = services.models_timeout
-    response = services.sessions[provider.name].request(endpoint["method"], url, headers=headers, timeout=timeout)
-    with response:
+    session = services.sessions[provider.name]
+    with session.request(endpoint["method"], url, headers=headers, timeout=timeout, stream=True) as response:
         response.raise_for_status()
-        return ids_from_models_answer(response.json(), endpoint)
+        return ids_from_models_answer(json.loads(_read_within(response, timeout)), endpoint)
+
+
+def _read_within(response: requests.Response, seconds: float) -> bytes:
+    """The whole body, unless it takes longer than ``seconds`` or grows past MODELS_BODY_BYTES."""
+    deadline = time.monotonic() + seconds
+    body = bytearray()
+    for chunk in response.iter_content(64 * 1024):
+        body += chunk
+        if time.monotonic() > deadline or len(body) > MODELS_BODY_BYTES:
+            raise TimeoutError("the models answer was too slow or too large")
+    return bytes(body)
 
 
 def model_object(model_id: str, provider: Provider) -> dict:
@@ -541,7 +576,7 @@ def resolve_provider(chat_request: ChatRequest) -> Provider:
     registry = _services().current()
     name = chat_request.provider
     if name is None:
-        provider = determine_provider(registry.providers, chat_request.model)
+        provider = find_provider(chat_request.model)
         if provider is None:
             raise ApiError(
                 f'No provider found for model "{chat_request.model}". '
@@ -635,7 +670,10 @@ def create_chat(provider: Provider, model: str, now: float) -> str:
     """Open a chat when the provider declares that step (Qwen v2); return its id."""
     step = provider.create_chat
     variables = request_variables(_services().variables(provider.variable_names()), model, "", now)
-    headers = _fill_headers(provider, _with_overrides(provider.request.headers, step.headers), variables)
+    # The chat does not exist yet: captured headers naming it (a Referer) are left out unless overridden.
+    headers = _fill_headers(
+        provider, _with_overrides(provider.request.headers, step.headers), variables, frozenset({"chat_id"})
+    )
     body = build_create_chat_body(_fill(provider, provider.create_chat_body, variables), model, now)
     url = provider.base_url + _safe_path(provider, _fill(provider, step.path, variables))
     response = send_upstream(provider, step.method, url, headers, body)
@@ -683,9 +721,10 @@ def _fill(provider: Provider, value: Any, variables: dict) -> Any:
         raise _missing_variables_error(provider, exc) from None
 
 
-def _fill_headers(provider: Provider, headers: Any, variables: dict) -> dict[str, str]:
+def _fill_headers(provider: Provider, headers: Any, variables: dict, unset: frozenset = frozenset()) -> dict[str, str]:
+    """Fill header values; headers naming an unset optional variable (or one of ``unset``) are left out."""
     try:
-        filled = fill_headers(headers, variables, provider.optional_variables)
+        filled = fill_headers(headers, variables, provider.optional_variables | unset)
     except MissingVariables as exc:
         raise _missing_variables_error(provider, exc) from None
     for name, value in filled.items():
@@ -872,7 +911,7 @@ def _dig(data: Any, dotted: str) -> Any:
 
 def exposure_warning(host: str, api_keys: tuple[str, ...] | str) -> str | None:
     """A loud warning when anyone on the network could spend the provider accounts."""
-    if _split_list(api_keys) or host.startswith(LOOPBACK_HOSTS):
+    if _split_list(api_keys) or host in ("localhost", "::1") or host.startswith("127."):
         return None
     return (
         f"!!! Listening on {host} with no API_KEYS: anyone who can reach this port can use the "
@@ -885,6 +924,7 @@ def main(argv: list[str] | None = None) -> None:
     # .env is read by create_app in each worker (and re-read when it changes), not copied
     # into the environment, so real environment variables keep winning over it.
     settings = {**DEFAULTS, **_config_from_env(os.environ.get("ENV_FILE", DEFAULT_ENV_FILE))}
+    _check_config(settings)
     logging.basicConfig(level=settings["LOG_LEVEL"].upper(), format=LOG_FORMAT)
     warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:

@@ -111,6 +111,7 @@ class Provider:
         request = parse_header_text(_read_text(folder, HEADER_FILE), str(header_path))
         payload = _read_json(folder, PAYLOAD_FILE)
         create_chat = metadata.get("create_chat")
+        _check_request_values(folder, request, payload, create_chat)
         return cls(
             name=folder.name,
             host=_required_str(folder, metadata, "host"),
@@ -487,7 +488,21 @@ def _create_chat_request(folder: Path, spec: Any) -> CapturedRequest | None:
         raise ProviderError(f"{source}: 'headers' must map names to strings")
     if not isinstance(spec.get("id_field", "data.id"), str):
         raise ProviderError(f"{source}: 'id_field' must be a dotted path such as 'data.id'")
+    if not isinstance(spec.get("body", {}), dict):
+        raise ProviderError(f"{source}: 'body' must be a JSON object")
     return CapturedRequest(str(method).upper(), path, tuple(headers.items()))
+
+
+def _check_request_values(folder: Path, request: CapturedRequest, payload: dict, create_chat: Any) -> None:
+    """Lower-case placeholders must be per-request values this service fills; ${chat_id} needs create_chat."""
+    places = [request.headers, request.path, payload, create_chat or {}]
+    used = {name for text in _iter_strings(places) for name in PLACEHOLDER.findall(text) if not ENV_NAME.match(name)}
+    unknown = sorted(used - REQUEST_VALUES)
+    if unknown:
+        known = ", ".join(sorted(REQUEST_VALUES))
+        raise ProviderError(f"{folder.name}: unknown per-request value ${{{unknown[0]}}} (known: {known})")
+    if "chat_id" in used and not create_chat:
+        raise ProviderError(f"{folder.name}: ${{chat_id}} is used but metadata.json declares no create_chat step")
 
 
 def default_providers_dir() -> Path:

@@ -227,3 +227,8 @@ def test_explicit_list_beats_pattern_across_providers(app_config, providers_dir,
     assert client.post("/v1/chat/completions", json=chat_body(model="qwen3.7-plus")).status_code == 200
     unlisted = client.post("/v1/chat/completions", json=chat_body(model="qwen-unlisted"))
     assert_error(unlisted, 502, code="upstream_unreachable")  # aaa's pattern wins alphabetically
+
+
+def test_double_slash_path_is_a_json_404_not_a_redirect(client):
+    response = client.post("/v1//chat/completions", json={"model": "qwen3.7-plus", "messages": []})
+    assert_error(response, 404, code="not_found")

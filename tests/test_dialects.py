@@ -849,3 +849,40 @@ def test_only_the_first_choice_is_relayed_when_the_upstream_sends_several(oa_sdk
     monkeypatch.setattr(fake_module.FakeOpenAI, "_chunks", staticmethod(two_choices))
     choice = oa_create(oa_sdk, n=2).choices[0]
     assert (choice.message.content, choice.finish_reason) == ("AAAaaa", "stop")
+
+
+# --- review fixes: models from the upstream are usable; refreshes share one deadline ----------
+
+
+def test_a_model_only_the_upstream_lists_can_be_retrieved_and_used(client, fake_qwen):
+    fake_qwen.models_reply = json_reply({"data": [{"id": "custom-upstream-model"}]})
+    assert "custom-upstream-model" in model_ids(client)
+    assert client.get("/v1/models/custom-upstream-model").get_json()["owned_by"] == "qwen"
+    assert chat(client, model="custom-upstream-model").status_code == 200
+    assert completion_posts(fake_qwen)[-1]["json"]["model"] == "custom-upstream-model"
+
+
+def test_several_slow_model_lists_are_waited_for_together(app_config, qwen_token, fake_qwen, providers_dir):
+    for name in ("slow1", "slow2", "slow3"):
+        copy_provider(providers_dir / "qwen", providers_dir / name, host=fake_qwen.host, scheme="http")
+    fake_qwen.models_reply = Reply(chunks=[b'{"data": []}'], content_type="application/json", hang_before=3)
+    client = create_app({**app_config, "MODELS_REFRESH_TIMEOUT": 0.5}).test_client()
+    started = time.monotonic()
+    model_ids(client)
+    assert time.monotonic() - started < 1.5  # one shared deadline, not 0.5 s per provider
+
+
+def test_a_trickling_models_answer_is_given_up_and_not_waited_for_again(
+    app_config, qwen_token, fake_qwen, providers_dir
+):
+    body = json.dumps({"data": [{"id": "qwen-trickle"}]}).encode()
+    fake_qwen.models_reply = Reply(chunks=[bytes([b]) for b in body], content_type="application/json", delay=0.2)
+    client = create_app({**app_config, "MODELS_REFRESH_TIMEOUT": 0.5}).test_client()
+    started = time.monotonic()
+    assert model_ids(client) == folder_models(providers_dir)
+    assert time.monotonic() - started < 1.5
+    time.sleep(0.5)  # the refresh gives up at its deadline and remembers the failure
+    started = time.monotonic()
+    assert model_ids(client) == folder_models(providers_dir)
+    assert time.monotonic() - started < 0.3
+    assert models_gets(fake_qwen) == 1

@@ -698,3 +698,31 @@ def test_default_providers_dir_is_next_to_the_module(monkeypatch, tmp_path):
     assert found == Path(provider_loader.__file__).absolute().parent / "porviders"
     assert found.resolve() == SHIPPED_QWEN.parent
     assert (found / "qwen" / "metadata.json").is_file()
+
+
+# --- review fixes: folders that would fail on every request fail at load instead ------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"payload": {"stream": True, "when": "${tomorrow}"}}, "unknown per-request value ${tomorrow}"),
+        ({"header": GOOD_HEADER + "Referer: https://x/c/${chat_id}\n"}, "declares no create_chat step"),
+        (
+            {"metadata": {**GOOD_METADATA, "create_chat": {"path": "/new", "body": 5}}},
+            "'body' must be a JSON object",
+        ),
+    ],
+    ids=["unknown-request-value", "chat-id-without-create-chat", "create-chat-body-not-object"],
+)
+def test_folders_that_cannot_work_are_refused_at_load(tmp_path, changes, reason):
+    folder = write_provider(tmp_path / "broken", **changes)
+    with pytest.raises(ProviderError) as caught:
+        Provider.from_dir(folder)
+    assert reason in str(caught.value)
+
+
+def test_every_request_value_placeholder_is_known_and_the_shipped_folders_load():
+    registry = load_providers(default_providers_dir())
+    assert registry.errors == {}
+    assert sorted(registry.providers) == ["openai", "qwen"]

@@ -101,6 +101,8 @@ def test_open_when_no_keys_are_set(client):
         ("127.0.0.1", "", False),
         ("localhost", "", False),
         ("::1", "", False),
+        ("localhost.example.com", "", True),
+        ("127.0.0.1", KEY, False),
     ],
 )
 def test_exposure_warning(host, keys, warns):
