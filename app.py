@@ -130,6 +130,7 @@ class Services:
         self._lock = threading.Lock()
         self._dotenv: tuple[tuple | None, dict[str, str]] = (None, {})
         self._next_check = 0.0
+        self._redactor: tuple[tuple[str, ...] | None, Redactor] = (None, Redactor(()))
         self._signature = folder_signature(self.providers_dir)
         self.registry = self._load()
 
@@ -179,6 +180,13 @@ class Services:
         """The current values of every variable the providers fill in (credentials among them)."""
         names = {name for p in self.registry.providers.values() for name in p.variable_names()}
         return list(self.variables(names).values())
+
+    def redactor(self) -> Redactor:
+        """A Redactor for the current secrets, rebuilt only when they change."""
+        secrets = tuple(sorted(self.secrets()))
+        if self._redactor[0] != secrets:
+            self._redactor = (secrets, Redactor(secrets))
+        return self._redactor[1]
 
 
 class ModelCatalog:
@@ -424,7 +432,7 @@ def render_api_error(error: ApiError) -> Response:
 
 def redact(text: str) -> str:
     """Blank out every credential value the providers use, wherever it turned up."""
-    return Redactor(_services().secrets())(text)
+    return _services().redactor()(text)
 
 
 def _render_http_exception(error: HTTPException) -> Response:
@@ -550,7 +558,7 @@ def chat_completions() -> Response:
     deltas = _prepend(_first_delta(deltas), deltas)
     deltas = iter_reasoning_format(deltas, current_app.config["REASONING_FORMAT"])
     if chat_request.stream:
-        body = iter_stream_body(deltas, meta, chat_request.include_usage, Redactor(_services().secrets()))
+        body = iter_stream_body(deltas, meta, chat_request.include_usage, _services().redactor())
         return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
     return jsonify(completion_from_deltas(deltas, meta))
 
@@ -662,7 +670,7 @@ def open_reply(provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]
     payload = dialect.build_payload(_fill(provider, provider.payload, variables), chat_request, call)
     url = provider.base_url + _safe_path(provider, _fill(provider, provider.request.path, variables))
     response = send_upstream(provider, provider.request.method, url, headers, payload)
-    redact = Redactor(_services().secrets())
+    redact = _services().redactor()
     return iter_upstream_deltas(provider, response, current_app.config["UPSTREAM_TIMEOUT"], redact)
 
 
@@ -678,7 +686,7 @@ def create_chat(provider: Provider, model: str, now: float) -> str:
     url = provider.base_url + _safe_path(provider, _fill(provider, step.path, variables))
     response = send_upstream(provider, step.method, url, headers, body)
     with response:
-        data = _read_json_answer(provider, response, Redactor(_services().secrets()))
+        data = _read_json_answer(provider, response, _services().redactor())
     chat_id = _dig(data, provider.create_chat_id_field)
     if not isinstance(chat_id, str) or not SAFE_ID.fullmatch(chat_id):
         raise upstream_error(f"The upstream did not return a usable chat id at '{provider.create_chat_id_field}'.")
@@ -771,7 +779,7 @@ def send_upstream(provider: Provider, method: str, url: str, headers: dict, payl
     path = urlsplit(url).path
     if log.isEnabledFor(logging.DEBUG):
         # Credential-like headers by name, and any secret value wherever it stands.
-        shown = Redactor(_services().secrets())(str(redact_headers(headers)))
+        shown = _services().redactor()(str(redact_headers(headers)))
         log.debug("%s upstream %s %s%s headers=%s", g.get("request_id"), method, provider.host, path, shown)
     try:
         return session.request(
@@ -869,10 +877,12 @@ def iter_upstream_deltas(
 
 def iter_raw_chunks(response: requests.Response, timeout: float) -> Iterator[bytes]:
     """Bytes as they arrive: ``read1`` returns whatever is there, so no event is held back."""
+    encoded = response.headers.get("Content-Encoding", "").lower() not in ("", "identity")
     try:
         while True:
-            # requests leaves decoding to its own readers; gzip and deflate are undone here.
-            chunk = response.raw.read1(READ_CHUNK, decode_content=True)
+            # requests leaves decoding to its own readers; gzip and deflate are undone here (and only
+            # then: urllib3's decoding path costs microseconds per event on a plain stream).
+            chunk = response.raw.read1(READ_CHUNK, decode_content=encoded)
             if not chunk:
                 return
             yield chunk

@@ -341,11 +341,14 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         variants = {form for secret in secrets for form in _secret_forms(secret) if len(form) >= MIN_SECRET_LENGTH}
         # Longest first, so no fragment of a longer secret survives a shorter match.
-        ordered = sorted(variants, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._forms = sorted(variants, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        return self._pattern.sub("[redacted]", text) if self._pattern else text
+        # A substring test per form is several times cheaper than one regex over every stream frame.
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, "[redacted]")
+        return text
 
 
 def _secret_forms(secret: str) -> set[str]:
