@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from app import create_app
-from tests.fake_qwen import FakeQwen, ServerThread
+from tests.fake_qwen import FakeQwen, ServerThread, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_QWEN = ROOT / "porviders" / "qwen"
@@ -19,10 +19,7 @@ TOKEN = "test-token-s3cret-value"
 
 @pytest.fixture(scope="session")
 def fake_qwen_server():
-    fake = FakeQwen()
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
-        fake.host = f"127.0.0.1:{server.port}"
+    with serving(FakeQwen()) as fake:
         yield fake
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from flask import Flask, Response, request
@@ -173,6 +174,15 @@ class FakeQwen:
         finally:
             if watch and sent < len(reply.chunks):
                 self.cut.set()
+
+
+@contextmanager
+def serving(fake):
+    """Serve a fake upstream (anything with ``.app``) on loopback, setting its ``url`` and ``host``."""
+    with ServerThread(fake.app) as server:
+        fake.url = server.url
+        fake.host = f"127.0.0.1:{server.port}"
+        yield fake
 
 
 class ServerThread:

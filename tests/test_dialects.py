@@ -31,7 +31,7 @@ from tests.fake_openai import (
     error_reply,
 )
 from tests.fake_qwen import UPSTREAM_ONLY_MODEL as QWEN_UPSTREAM_ONLY
-from tests.fake_qwen import Reply, ServerThread, json_reply
+from tests.fake_qwen import Reply, ServerThread, json_reply, serving
 
 SHIPPED_OPENAI = ROOT / "porviders" / "openai"
 OPENAI_KEY = "sk-test-openai-k3y-value"
@@ -93,10 +93,7 @@ def chat(client, model: str = "qwen3.7-plus", **body):
 
 @pytest.fixture(scope="module")
 def fake_openai_server():
-    fake = FakeOpenAI()
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
-        fake.host = f"127.0.0.1:{server.port}"
+    with serving(FakeOpenAI()) as fake:
         yield fake
 
 
