@@ -787,7 +787,7 @@ def import_capture(
     if folder.exists() and not force:
         raise ProviderError(f"{folder} exists; use --force to overwrite it")
     chat, create = _read_capture(capture_file, match)
-    url = urllib.parse.urlsplit(chat.url)
+    url = _split_url(chat.url)
     body = _json_or_none(chat.body)
     path = url.path + (f"?{url.query}" if url.query else "")
     dialect = detect_dialect(path, body)
@@ -827,6 +827,15 @@ def _read_capture(capture_file: Path, match: str | None) -> tuple[Capture, Captu
     if text.lstrip().startswith("{"):
         return parse_har(text, match)
     return parse_curl(text), None
+
+
+def _split_url(url: str) -> urllib.parse.SplitResult:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what raises on a malformed one
+    except ValueError as exc:
+        raise ProviderError(f"capture: the URL {url[:80]!r} cannot be read ({exc})") from None
+    return parts
 
 
 def _json_or_none(text: str) -> Any:
@@ -1038,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument(
         "--providers-dir", type=Path, default=Path(os.environ.get("PROVIDERS_DIR") or default_providers_dir())
     )
-    command.add_argument("--env-file", type=Path, default=default_env_file())
+    command.add_argument("--env-file", type=Path, default=Path(os.environ.get("ENV_FILE") or default_env_file()))
     args = parser.parse_args(argv)
     try:
         result = import_capture(args.name, args.file, args.providers_dir, args.env_file, args.match, args.force)

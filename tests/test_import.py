@@ -1344,3 +1344,13 @@ def test_an_existing_readable_env_becomes_private_and_keeps_its_lines(tmp_path):
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert env_file.read_text().startswith("# mine\nOTHER='kept'\n")
     assert dotenv_values(env_file, interpolate=False) == {"OTHER": "kept", "NEW_SECRET": "s3cret"}
+
+
+def test_a_malformed_url_is_a_clear_error(tmp_path, capsys):
+    capture = write(tmp_path / "c.txt", "curl 'http://[oops/v1/chat/completions' --data-raw '{}'")
+    code, _, err = run_import(
+        capsys, "x", str(capture), "--providers-dir", str(tmp_path / "p"), "--env-file", str(tmp_path / ".env")
+    )
+    assert code == 1
+    assert err.startswith("error: capture: the URL")
+    assert not (tmp_path / "p").exists()
