@@ -161,8 +161,8 @@ class Services:
         found = {}
         for name in names:
             value = os.environ[name] if name in os.environ else file_values.get(name)
-            if value:
-                found[name] = value
+            if value and value.strip():
+                found[name] = value.strip()  # a token pasted with a stray space or newline
         return found
 
     def _dotenv_values(self) -> dict[str, str]:
@@ -236,9 +236,9 @@ class ModelCatalog:
     def _refresh(self, provider: Provider, fetcher: Callable[[Provider], list[str]]) -> list[str]:
         try:
             ids, ttl = fetcher(provider), self.ttl
-        except Exception as exc:  # any failure falls back to the folder's list
+        except Exception as exc:  # a failure keeps the last good list (or just the folder's)
             log.warning("models of %s not refreshed: %s", provider.name, type(exc).__name__)
-            ids, ttl = [], min(self.ttl, FAILED_REFRESH_RETRY_SECONDS)
+            ids, ttl = self._cached(provider.name), min(self.ttl, FAILED_REFRESH_RETRY_SECONDS)
         self._cache[provider.name] = (time.monotonic() + ttl, ids)
         with self._lock:
             self._pending.pop(provider.name, None)
@@ -735,6 +735,8 @@ def _fill_headers(provider: Provider, headers: Any, variables: dict, unset: froz
         filled = fill_headers(headers, variables, provider.optional_variables | unset)
     except MissingVariables as exc:
         raise _missing_variables_error(provider, exc) from None
+    # A value pasted with a stray space or newline at either end: HTTP would trim it anyway.
+    filled = {name: value.strip() for name, value in filled.items()}
     for name, value in filled.items():
         _check_header_value(provider, name, value)
     return filled
@@ -936,6 +938,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {**DEFAULTS, **_config_from_env(os.environ.get("ENV_FILE", DEFAULT_ENV_FILE))}
     _check_config(settings)
     logging.basicConfig(level=settings["LOG_LEVEL"].upper(), format=LOG_FORMAT)
+    # urllib3's own DEBUG lines print full request lines, query strings (and secrets in them) included.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
     warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:
         log.warning(warning)

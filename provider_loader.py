@@ -53,7 +53,9 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model"})
 SECRET_HEADER = re.compile(r"^(authorization|cookie|bx-)|token|secret|key|session|auth|sign", re.IGNORECASE)
-MIN_SECRET_LENGTH = 4  # shorter values ("1", "web") would blank ordinary words
+# Shorter values ("null", "test", "1700") would blank ordinary words and break JSON being relayed;
+# real credentials are far longer.
+MIN_SECRET_LENGTH = 8
 MIN_COOKIE_VALUE_LENGTH = 8  # cookie values such as "1" or "zh-CN" are not worth blanking
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -555,7 +557,7 @@ NOT_SECRET_HEADERS = frozenset({"bx-v", "sec-fetch-site", "sec-fetch-mode", "sec
 URL_HEADERS = frozenset({"referer", "origin"})
 # Body fields that hold credentials: whole words of the key, so max_tokens is not one of them.
 SECRET_FIELD = re.compile(
-    r"(^|_)(api_?key|token|secret|password|passwd|session(_?id)?|auth|authorization|signature|sign)($|_)",
+    r"(^|_)(key|api_?key|token|secret|password|passwd|session(_?id)?|auth|authorization|signature|sign|credential)($|_)",
     re.IGNORECASE,
 )
 REQUEST_ID_HEADERS = frozenset({"x-request-id", "request-id", "x-client-request-id", "x-correlation-id"})
@@ -669,7 +671,7 @@ def _ansi_c_escape(text: str, i: int) -> tuple[str, int]:
     for prefix, width in (("x", 2), ("u", 4), ("U", 8)):
         if char == prefix:
             digits = re.match(rf"[0-9a-fA-F]{{1,{width}}}", text[i + 1 :])
-            if digits:
+            if digits and int(digits.group(), 16) <= sys.maxunicode:
                 return chr(int(digits.group(), 16)), i + 1 + len(digits.group())
     octal = re.match(r"[0-7]{1,3}", text[i:])
     if octal:
@@ -734,7 +736,7 @@ def parse_har(text: str, match: str | None = None) -> tuple[Capture, Capture | N
     if not chosen:
         wanted = f"request whose URL contains {match!r}" if match else "POST answered with text/event-stream"
         raise ProviderError(f"capture: the HAR file has no {wanted}; pick one with --match SUBSTRING")
-    create = [e for e in requests if "/api/v2/chats/new" in e["request"].get("url", "")]
+    create = [e for e in requests if "/api/v2/chats/new" in str(e["request"].get("url") or "")]
     return _capture_from_har(chosen[-1]), (_capture_from_har(create[-1]) if create else None)
 
 
@@ -755,16 +757,17 @@ def _is_content_type(header: Any) -> bool:
 
 def _capture_from_har(entry: dict) -> Capture:
     request = entry["request"]
-    headers = [
-        (str(h.get("name", "")), str(h.get("value", "")))
-        for h in request.get("headers", [])
-        if isinstance(h, dict) and not str(h.get("name", "")).startswith(":")
-    ]
+    listed = request.get("headers") if isinstance(request.get("headers"), list) else []
+    pairs = [h for h in listed if isinstance(h, dict) and not str(h.get("name", "")).startswith(":")]
+    headers = [_split_header(f"{h.get('name', '')}: {h.get('value', '')}") for h in pairs]
     post = request.get("postData") if isinstance(request.get("postData"), dict) else {}
-    body = str(post.get("text", ""))
+    body = str(post.get("text") or "")
     if post.get("encoding") == "base64":
-        body = base64.b64decode(body).decode("utf-8", errors="replace")
-    return Capture(str(request.get("method", "GET")).upper(), str(request.get("url", "")), tuple(headers), body)
+        try:
+            body = base64.b64decode(body, validate=True).decode("utf-8", errors="replace")
+        except ValueError:
+            raise ProviderError("capture: the HAR request body is marked base64 but is not") from None
+    return Capture(str(request.get("method") or "GET").upper(), str(request.get("url") or ""), tuple(headers), body)
 
 
 def detect_dialect(path: str, body: Any) -> str | None:
@@ -793,10 +796,13 @@ def import_capture(
     dialect = detect_dialect(path, body)
     store = SecretStore(_variable_prefix(name))
     headers, optional = _headers_for_folder(chat.headers, store, dialect)
-    body = _secret_fields(body, store)
+    body = _secret_fields(_without_prompt(body, dialect), store)
     result = ImportResult(folder, dialect or "unknown")
     metadata = _metadata(name, url, dialect, body, optional, create)
-    _write_folder(folder, chat.method, _fresh_path(path, dialect, store), headers, body, metadata)
+    files = _folder_files(chat.method, _fresh_path(path, dialect, store), headers, body, metadata)
+    if not env_file.parent.is_dir():
+        raise ProviderError(f"{env_file.parent}: folder for the .env file does not exist")
+    _write_folder(folder, files)
     result.variables_written, result.variables_kept = write_env_values(env_file, store.values, force)
     result.notes = _import_notes(dialect, body) + _url_credential_note(url)
     return result
@@ -888,7 +894,8 @@ def _secret_fields(body: Any, store: SecretStore) -> Any:
 
 
 def _secret_field(key: str, value: Any, store: SecretStore) -> Any:
-    if isinstance(value, str) and value and SECRET_FIELD.search(key.replace("-", "_")):
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).replace("-", "_")  # accessToken -> access_Token
+    if isinstance(value, str) and value and SECRET_FIELD.search(words):
         return f"${{{store.variable(key, value)}}}"
     return _secret_fields(value, store)
 
@@ -908,7 +915,8 @@ def _fresh_path(path: str, dialect: str | None, store: SecretStore) -> str:
         if dialect == "qwen" and key == "chat_id":
             value = "${chat_id}"
         elif value and SECRET_HEADER.search(urllib.parse.unquote(key)):
-            value = f"${{{store.variable(urllib.parse.unquote(key), urllib.parse.unquote(value))}}}"
+            # Kept percent-encoded, as captured: filled back in, it is sent exactly as the browser did.
+            value = f"${{{store.variable(urllib.parse.unquote(key), value)}}}"
         pairs.append(f"{key}{sep}{value}")
     return base + ("?" + "&".join(pairs) if query else "")
 
@@ -957,7 +965,7 @@ def _url_credential_note(url: urllib.parse.SplitResult) -> list[str]:
 
 def _qwen_metadata(url: urllib.parse.SplitResult, create: Capture | None) -> dict:
     create_chat = copy.deepcopy(QWEN_CREATE_CHAT)
-    create_chat["headers"] = {"Referer": f"{url.scheme}://{url.netloc}/c/new-chat"}
+    create_chat["headers"] = {"Referer": f"{url.scheme}://{_host(url)}/c/new-chat"}
     if create is not None:
         body = _json_or_none(create.body)
         create_chat["path"] = urllib.parse.urlsplit(create.url).path
@@ -969,15 +977,40 @@ def _qwen_metadata(url: urllib.parse.SplitResult, create: Capture | None) -> dic
     }
 
 
-def _write_folder(
-    folder: Path, method: str, path: str, headers: list[tuple[str, str]], body: Any, metadata: dict
-) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def _folder_files(
+    method: str, path: str, headers: list[tuple[str, str]], body: Any, metadata: dict
+) -> dict[str, bytes]:
+    """The three files, encoded before anything is written, so a capture that cannot be saved
+    (a lone surrogate, say) leaves no half-written folder behind."""
     lines = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
-    (folder / HEADER_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    payload = body if isinstance(body, dict) else {}
-    (folder / PAYLOAD_FILE).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    texts = {
+        HEADER_FILE: "\n".join(lines) + "\n",
+        PAYLOAD_FILE: json.dumps(body if isinstance(body, dict) else {}, indent=2, ensure_ascii=False) + "\n",
+        METADATA_FILE: json.dumps(metadata, indent=2, ensure_ascii=False) + "\n",
+    }
+    try:
+        return {name: text.encode("utf-8") for name, text in texts.items()}
+    except UnicodeEncodeError:
+        raise ProviderError("capture: it holds text that cannot be saved as UTF-8 (a lone surrogate)") from None
+
+
+def _write_folder(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def _without_prompt(body: Any, dialect: str | None) -> Any:
+    """The captured conversation is not kept: the dialect fills in each request's own, and the
+    captured text may be private (or hold ${...}, which would read as a placeholder)."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return body
+    if dialect == "openai":
+        return {**body, "messages": []}
+    if dialect == "qwen":
+        messages = [{**m, "content": ""} if isinstance(m, dict) else m for m in body["messages"]]
+        return {**body, "messages": messages}
+    return body
 
 
 def _import_notes(dialect: str | None, body: Any) -> list[str]:
@@ -1053,6 +1086,9 @@ def main(argv: list[str] | None = None) -> int:
         result = import_capture(args.name, args.file, args.providers_dir, args.env_file, args.match, args.force)
     except ProviderError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # a file that cannot be written, an odd capture: no traceback
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     _print_result(result, args.env_file)
     return 0

@@ -883,3 +883,31 @@ def test_a_trickling_models_answer_is_given_up_and_not_waited_for_again(
     assert model_ids(client) == folder_models(providers_dir)
     assert time.monotonic() - started < 0.3
     assert models_gets(fake_qwen) == 1
+
+
+# --- second review: short keys never break relayed JSON; a failed refresh keeps the last list --
+
+
+@pytest.mark.parametrize("key", ["null", "1700", "test"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_short_api_key_never_corrupts_the_relayed_answer(
+    openai_dir, app_config, qwen_token, fake_openai, monkeypatch, key, stream
+):
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    client = create_app(app_config).test_client()
+    response = chat(client, model="gpt-4o-mini", stream=stream)
+    assert response.status_code == 200
+    if stream:
+        events = [json.loads(e[6:]) for e in response.get_data().split(b"\n\n") if e.startswith(b"data: {")]
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    else:
+        text = response.get_json()["choices"][0]["message"]["content"]
+    assert text == "Hello from upstream"
+
+
+def test_a_failed_refresh_keeps_the_last_good_upstream_list(app_config, qwen_token, fake_qwen, providers_dir):
+    client = create_app({**app_config, "MODELS_CACHE_SECONDS": 0}).test_client()
+    assert QWEN_UPSTREAM_ONLY in model_ids(client)
+    fake_qwen.models_reply = Reply(chunks=[b"down"], status=503, content_type="text/plain")
+    assert QWEN_UPSTREAM_ONLY in model_ids(client)
+    assert client.get(f"/v1/models/{QWEN_UPSTREAM_ONLY}").status_code == 200

@@ -672,7 +672,8 @@ def test_env_values_reach_the_service_exactly(tmp_path, monkeypatch, label, valu
     env_file = tmp_path / ".env"
     write_env_values(env_file, {"SECRET_VALUE": value})
     app = create_app({"TESTING": True, "PROVIDERS_DIR": str(tmp_path / "none"), "ENV_FILE": str(env_file)})
-    assert app.extensions["reverse_api"].variables(["SECRET_VALUE"]) == {"SECRET_VALUE": value}
+    # The service trims the ends: a credential is never meant to start or end with white space.
+    assert app.extensions["reverse_api"].variables(["SECRET_VALUE"]) == {"SECRET_VALUE": value.strip()}
 
 
 def test_env_file_is_created_private(tmp_path):
@@ -765,7 +766,10 @@ def test_import_qwen_chrome_capture(paths, capsys):
     assert metadata["create_chat"]["headers"] == {"Referer": "https://chat.qwen.ai/c/new-chat"}
     assert metadata["create_chat"]["id_field"] == "data.id"
     assert metadata["models_endpoint"]["path"] == "/api/models"
-    assert json.loads((folder / "payload.json").read_text()) == qwen_body()
+    # The captured prompt is not kept: the converter fills each request's own text.
+    expected = qwen_body()
+    expected["messages"][0]["content"] = ""
+    assert json.loads((folder / "payload.json").read_text()) == expected
 
     provider = Provider.from_dir(folder)
     assert (provider.name, provider.dialect, provider.models) == ("qwen2", "qwen", ("qwen3.7-plus",))
@@ -1354,3 +1358,164 @@ def test_a_malformed_url_is_a_clear_error(tmp_path, capsys):
     assert code == 1
     assert err.startswith("error: capture: the URL")
     assert not (tmp_path / "p").exists()
+
+
+# --- second review: odd captures fail cleanly, nothing secret or private is left behind ------
+
+
+@pytest.mark.parametrize(
+    ("capture", "message"),
+    [
+        (
+            har(
+                dict(
+                    har_entry(
+                        "POST", "https://x.test/v1/chat/completions", body="{}", response_mime="text/event-stream"
+                    ),
+                    request={
+                        "method": "POST",
+                        "url": "https://x.test/v1/chat/completions",
+                        "headers": None,
+                        "postData": {"text": "!!!", "encoding": "base64"},
+                    },
+                )
+            ),
+            "marked base64",
+        ),
+        (
+            har(
+                har_entry(
+                    "POST",
+                    "https://x.test/v1/chat/completions",
+                    headers=[("X-A", "1\nX-Injected: 1")],
+                    body="{}",
+                    response_mime="text/event-stream",
+                )
+            ),
+            "malformed header",
+        ),
+        (
+            har(
+                har_entry(
+                    "POST",
+                    "https://x.test/v1/chat/completions",
+                    headers=[("bad name", "1")],
+                    body="{}",
+                    response_mime="text/event-stream",
+                )
+            ),
+            "malformed header",
+        ),
+        ("curl 'https://x.test/v1/chat/completions' --data-raw $'{\"q\": \"\\ud800\"}'", "lone surrogate"),
+        ("curl 'https://x.test/v1/chat/completions' --data-raw $'\\UFFFFFFFF'", None),
+    ],
+    ids=["bad-base64", "header-line-break", "header-name-with-space", "lone-surrogate", "huge-escape"],
+)
+def test_odd_captures_fail_cleanly_or_import(tmp_path, capsys, capture, message):
+    code, _, err = run_import(
+        capsys,
+        "odd",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(tmp_path / ".env"),
+    )
+    if message is None:
+        assert code == 0
+        return
+    assert code == 1
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "p" / "odd").exists()
+
+
+def test_missing_env_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    capture = write(
+        tmp_path / "c.txt", "curl 'https://x.test/v1/chat/completions' -H 'Authorization: Bearer abcdefgh123'"
+    )
+    code, _, err = run_import(
+        capsys,
+        "x",
+        str(capture),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(tmp_path / "no" / "such" / ".env"),
+    )
+    assert code == 1 and "does not exist" in err
+    assert not (tmp_path / "p" / "x").exists()
+
+
+def test_camel_case_and_bare_key_fields_leave_the_folder(tmp_path, capsys):
+    body = {
+        "model": "m",
+        "messages": [],
+        "accessToken": "CAMELSECRET1",
+        "key": "BAREKEYSECRET",
+        "access_key": "AKSECRET99",
+    }
+    capture = f"curl 'https://x.test/v1/chat/completions' --data-raw '{json.dumps(body)}'"
+    run_import(
+        capsys,
+        "camel",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(tmp_path / ".env"),
+    )
+    texts = folder_texts(tmp_path / "p" / "camel")
+    for secret in ("CAMELSECRET1", "BAREKEYSECRET", "AKSECRET99"):
+        assert all(secret not in text for text in texts.values())
+
+
+def test_encoded_query_secret_is_sent_back_exactly_as_captured(tmp_path, capsys):
+    capture = 'curl \'https://x.test/v1/chat/completions?api_key=abc%2Bdef%3D%3D&x=1\' --data-raw \'{"model": "m", "messages": []}\''
+    env_file = tmp_path / ".env"
+    run_import(
+        capsys,
+        "enc",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(env_file),
+    )
+    provider = Provider.from_dir(tmp_path / "p" / "enc")
+    values = dotenv_values(env_file, interpolate=False)
+    assert (
+        provider_loader.fill_placeholders(provider.request.path, values)
+        == "/v1/chat/completions?api_key=abc%2Bdef%3D%3D&x=1"
+    )
+
+
+def test_qwen_capture_with_a_password_in_the_url_keeps_it_out_of_create_chat(tmp_path, capsys):
+    capture = chrome_qwen().replace("https://chat.qwen.ai", "https://user:hunter2pass@chat.qwen.ai", 1)
+    run_import(
+        capsys,
+        "pw",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(tmp_path / ".env"),
+    )
+    texts = folder_texts(tmp_path / "p" / "pw")
+    assert all("hunter2pass" not in text for text in texts.values())
+
+
+def test_captured_prompt_with_placeholder_syntax_still_loads(tmp_path, capsys):
+    body = {"model": "m", "messages": [{"role": "user", "content": "Explain `Hello ${name}` and ${HOME}"}]}
+    capture = f"curl 'https://x.test/v1/chat/completions' --data-raw '{json.dumps(body)}'"
+    run_import(
+        capsys,
+        "tpl",
+        str(write(tmp_path / "c.txt", capture)),
+        "--providers-dir",
+        str(tmp_path / "p"),
+        "--env-file",
+        str(tmp_path / ".env"),
+    )
+    provider = Provider.from_dir(tmp_path / "p" / "tpl")
+    assert provider.required_variables() == []
+    assert "Explain" not in (tmp_path / "p" / "tpl" / "payload.json").read_text()

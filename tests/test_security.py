@@ -328,3 +328,21 @@ def test_json_escaped_and_cookie_piece_secrets_are_blanked(client, fake_qwen, mo
     text = client.post("/v1/chat/completions", json={**CHAT, "stream": True}).get_data(as_text=True)
     assert "ghi-ua-secret" not in text
     assert "cookie-value-123456" not in text
+
+
+def test_a_token_pasted_with_whitespace_around_it_still_works(client, fake_qwen, monkeypatch):
+    monkeypatch.setenv("QWEN_TOKEN", f"  {TOKEN}\n")
+    monkeypatch.setenv("QWEN_COOKIE", "\tcna=abcdefghijkl ")
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    sent = fake_qwen.requests[-1]["headers"]
+    assert sent["Authorization"] == f"Bearer {TOKEN}" and sent["Cookie"] == "cna=abcdefghijkl"
+
+
+def test_debug_logging_from_python_app_py_keeps_urllib3_request_lines_out(monkeypatch):
+    import app as app_module
+
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    monkeypatch.setattr(app_module.os, "execv", lambda *args: None)  # stop before gunicorn takes over
+    monkeypatch.setattr(app_module.logging, "basicConfig", lambda **kwargs: logging.getLogger().setLevel("DEBUG"))
+    app_module.main([])
+    assert not logging.getLogger("urllib3").isEnabledFor(logging.DEBUG)
