@@ -16,10 +16,13 @@ import openai
 import pytest
 import requests
 
-import app as app_module
-import converters
 import provider_loader
+import services
 from app import create_app
+from converters import fold_messages
+from dialects import DIALECTS
+from dialects.qwen import HISTORY_GAP_SECONDS
+from fronts.openai_chat import parse_chat_request
 from tests import fake_openai as fake_module
 from tests.conftest import ROOT, TOKEN, copy_provider
 from tests.fake_openai import (
@@ -487,9 +490,7 @@ def test_history_mode_sends_one_message_per_openai_message(history_client, fake_
     assert template["fid"] not in fids
     stamps = [m["timestamp"] for m in messages]
     assert all(isinstance(s, int) for s in stamps)
-    assert [b - a for a, b in zip(stamps, stamps[1:], strict=False)] == [converters.HISTORY_GAP_SECONDS] * (
-        len(stamps) - 1
-    )
+    assert [b - a for a, b in zip(stamps, stamps[1:], strict=False)] == [HISTORY_GAP_SECONDS] * (len(stamps) - 1)
     assert int(before) <= stamps[-1] <= int(after)
     assert sent["json"]["model"] == "hist-model"
     # Each message is a copy of the captured one: everything else is as captured.
@@ -525,7 +526,7 @@ def test_single_mode_still_folds_the_conversation_into_one_message(history_clien
     messages = sent["json"]["messages"]
     assert len(messages) == 1
     assert messages[0]["role"] == "user"
-    assert messages[0]["content"] == converters.fold_messages(HISTORY)
+    assert messages[0]["content"] == fold_messages(parse_chat_request({"model": "m", "messages": HISTORY}).messages)
     assert messages[0]["content"].startswith("System: Be brief.\n\nSystem: Answer in English.\n\nUser: ")
 
 
@@ -637,7 +638,7 @@ def test_models_of_the_openai_folder_fall_back_when_its_endpoint_fails(oa_app, f
 
 @pytest.fixture
 def instant_reload(monkeypatch):
-    monkeypatch.setattr(app_module, "RELOAD_CHECK_SECONDS", 0)
+    monkeypatch.setattr(services, "RELOAD_CHECK_SECONDS", 0)
 
 
 def without_models_endpoint(folder: Path, **changes) -> None:
@@ -698,7 +699,7 @@ def test_reload_sees_a_broken_folder_and_the_others_keep_working(instant_reload,
 
 
 def test_reload_with_the_default_interval_within_about_a_second(client, providers_dir):
-    assert app_module.RELOAD_CHECK_SECONDS <= 1.0
+    assert services.RELOAD_CHECK_SECONDS <= 1.0
     assert "late" not in client.get("/health").get_json()["providers"]
     late = copy_provider(providers_dir / "qwen", providers_dir / "late")
     without_models_endpoint(late, models=["late-model"], patterns=[])
@@ -799,9 +800,17 @@ def test_env_settings_in_the_real_environment_win(app_config, env_file, monkeypa
 # --- 6. the dialect table ---------------------------------------------------------------------
 
 
-def test_dialect_table_matches_the_loaders_known_dialects():
-    assert set(converters.DIALECTS) == set(provider_loader.KNOWN_DIALECTS)
-    assert len(provider_loader.KNOWN_DIALECTS) == len(set(provider_loader.KNOWN_DIALECTS))
+def test_the_loader_knows_exactly_the_registered_dialects(tmp_path):
+    # One registry: every registered dialect loads, and nothing else does.
+    for name in [*DIALECTS, "klingon"]:
+        copy_provider(ROOT / "porviders" / "openai", tmp_path / name)
+        metadata = json.loads((tmp_path / name / "metadata.json").read_text())
+        (tmp_path / name / "metadata.json").write_text(json.dumps({**metadata, "dialect": name}))
+    registry = provider_loader.load_providers(tmp_path)
+    assert sorted(registry.providers) == sorted(DIALECTS)
+    assert set(registry.errors) == {"klingon"}
+    assert f"known: {', '.join(DIALECTS)}" in registry.errors["klingon"]
+    assert all(name == dialect.name for name, dialect in DIALECTS.items())
 
 
 # --- review fixes: reasoning formats with tool calls, n > 1 ------------------------------------

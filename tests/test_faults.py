@@ -71,8 +71,7 @@ def serve(tmp_path, qwen_token):
 
 
 def _close_sessions(app) -> None:
-    for session in app.extensions["reverse_api"].sessions.values():
-        session.close()
+    app.extensions["reverse_api"].upstream.close()
 
 
 def chat(url: str, stream: bool = False, timeout: float = 15.0, **extra) -> requests.Response:

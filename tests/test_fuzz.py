@@ -18,7 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from converters import ROLES, ApiError, ChatRequest, fold_messages, validate_chat_request
+from converters import ROLES as NEUTRAL_ROLES
+from converters import ApiError, ChatRequest, Message
+from fronts.openai_chat import ROLE_ALIASES, ROLES, parse_chat_request
+from fronts.openai_render import error_body
+from tests.helpers import fold
 
 URL = "/v1/chat/completions"
 VALID_BODY = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -134,19 +138,19 @@ unknown_keys = st.dictionaries(
 
 def check_validation_outcome(body: Any) -> ChatRequest | None:
     try:
-        result = validate_chat_request(body)
+        result = parse_chat_request(body)
     except ApiError as error:
         assert error.status == 400
         assert error.type == "invalid_request_error"
         assert isinstance(error.message, str) and error.message
         assert error.param is None or isinstance(error.param, str)
-        assert set(error.to_dict()["error"]) == ERROR_KEYS
-        json.dumps(error.to_dict())  # the error body is serialisable whatever the input was
+        assert set(error_body(error)["error"]) == ERROR_KEYS
+        json.dumps(error_body(error))  # the error body is serialisable whatever the input was
         return None
     assert isinstance(result, ChatRequest)
     assert isinstance(result.model, str) and result.model.strip()
-    assert isinstance(result.messages, list) and result.messages
-    assert all(isinstance(m, dict) and m.get("role") in ROLES for m in result.messages)
+    assert isinstance(result.messages, tuple) and result.messages
+    assert all(isinstance(m, Message) and m.role in NEUTRAL_ROLES for m in result.messages)
     assert type(result.stream) is bool
     assert type(result.include_usage) is bool
     assert result.reasoning_effort is None or isinstance(result.reasoning_effort, str)
@@ -182,7 +186,8 @@ def test_validate_accepts_every_valid_body(model, messages, stream, include_usag
     result = check_validation_outcome(body)
     assert result is not None
     assert result.model == model
-    assert result.messages == messages
+    assert result.passthrough["messages"] == messages
+    assert [m.role for m in result.messages] == [ROLE_ALIASES.get(m["role"], m["role"]) for m in messages]
     assert result.stream is bool(stream)
     assert result.include_usage is bool(include_usage)
     assert result.reasoning_effort == reasoning_effort
@@ -212,7 +217,7 @@ def test_fold_messages_returns_text_or_refuses_non_text_parts(messages):
     check_validation_outcome({"model": "m", "messages": messages})  # the input is a valid request
     unsupported = first_unsupported_part(messages)
     try:
-        text = fold_messages(messages)
+        text = fold(messages)
     except ApiError as error:
         assert unsupported is not None, "refused a conversation made only of text"
         assert (error.status, error.code, error.param) == (400, "unsupported_content", unsupported)
@@ -224,7 +229,7 @@ def test_fold_messages_returns_text_or_refuses_non_text_parts(messages):
 @examples(200)
 @given(clean_texts)
 def test_fold_single_user_string_is_unchanged(text):
-    folded = fold_messages([{"role": "user", "content": text}])
+    folded = fold([{"role": "user", "content": text}])
     assert folded == text
     assert folded.encode("utf-8", "surrogatepass") == text.encode("utf-8", "surrogatepass")
 
@@ -232,7 +237,7 @@ def test_fold_single_user_string_is_unchanged(text):
 @examples(300)
 @given(st.lists(text_only_messages, min_size=2, max_size=6))
 def test_fold_several_messages_keeps_every_text_in_order(messages):
-    folded = fold_messages(messages)
+    folded = fold(messages)
     assert isinstance(folded, str)
     position = 0
     for message in messages:
@@ -469,7 +474,7 @@ def expected_outcome(raw: bytes, max_body: int) -> tuple:
     except (ValueError, RecursionError):
         return ("invalid_json",)
     try:
-        request = validate_chat_request(parsed)
+        request = parse_chat_request(parsed)
     except ApiError as error:
         return ("invalid", error.status, error.param)
     return ("valid", request)
@@ -610,7 +615,7 @@ def test_lone_surrogate_in_content_is_not_5xx(client, fake_qwen, content, stream
     response = client.post(URL, data=raw_body(text), content_type="application/json")
     assert response.status_code < 500
     if response.status_code == 200:
-        check_success(response, validate_chat_request(json.loads(text)))
+        check_success(response, parse_chat_request(json.loads(text)))
         assert fake_qwen.requests[-1]["json"]["messages"][0]["content"] == json.loads(f'"{content}"')
     else:
         check_error_shape(response)
@@ -623,7 +628,7 @@ def test_lone_surrogate_in_model_is_not_5xx(client, stream):
     response = client.post(URL, data=raw_body(text), content_type="application/json")
     assert response.status_code < 500
     if response.status_code == 200:
-        check_success(response, validate_chat_request(json.loads(text)))
+        check_success(response, parse_chat_request(json.loads(text)))
     else:
         check_error_shape(response)
 

@@ -20,22 +20,13 @@ import openai
 import pytest
 from dotenv import dotenv_values
 
-import app as reverse_api
 import provider_loader
+import services
 from app import create_app
-from provider_loader import (
-    Capture,
-    Provider,
-    ProviderError,
-    detect_dialect,
-    fill_headers,
-    import_capture,
-    parse_curl,
-    parse_har,
-    parse_header_text,
-    split_shell_words,
-    write_env_values,
-)
+from importer.capture import Capture, parse_curl, parse_har, split_shell_words
+from importer.folder import detect_dialect, import_capture, write_env_values
+from placeholders import fill_headers, fill_placeholders
+from provider_loader import Provider, ProviderError, parse_header_text
 from tests.conftest import ROOT
 from tests.fake_qwen import CHAT_ID, ServerThread
 
@@ -1121,7 +1112,7 @@ def ensure_newer(path: Path, than_ns: int) -> None:
 def live(tmp_path, fake_qwen, monkeypatch):
     """qwen2 imported from a capture of the fake Qwen, and the service running on it."""
     clear_prefixed(monkeypatch, "QWEN2_", "QWEN3_")
-    monkeypatch.setattr(reverse_api, "RELOAD_CHECK_SECONDS", 0)
+    monkeypatch.setattr(services, "RELOAD_CHECK_SECONDS", 0)
     providers, env_file = tmp_path / "porviders", tmp_path / ".env"
     capture = write(tmp_path / "qwen2.sh", chrome_qwen(base=fake_qwen.url, token="captured-secret-token"))
     import_capture("qwen2", capture, providers, env_file)
@@ -1483,10 +1474,7 @@ def test_encoded_query_secret_is_sent_back_exactly_as_captured(tmp_path, capsys)
     )
     provider = Provider.from_dir(tmp_path / "p" / "enc")
     values = dotenv_values(env_file, interpolate=False)
-    assert (
-        provider_loader.fill_placeholders(provider.request.path, values)
-        == "/v1/chat/completions?api_key=abc%2Bdef%3D%3D&x=1"
-    )
+    assert fill_placeholders(provider.request.path, values) == "/v1/chat/completions?api_key=abc%2Bdef%3D%3D&x=1"
 
 
 def test_qwen_capture_with_a_password_in_the_url_keeps_it_out_of_create_chat(tmp_path, capsys):

@@ -11,16 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import provider_loader
+from placeholders import MissingVariables, env_names_in, fill_headers, fill_placeholders
 from provider_loader import (
     CapturedRequest,
-    MissingVariables,
     Provider,
     ProviderError,
     default_providers_dir,
     determine_provider,
-    env_names_in,
-    fill_headers,
-    fill_placeholders,
     is_plain_name,
     load_providers,
     parse_header_text,

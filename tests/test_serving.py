@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,8 +130,9 @@ def test_env_file_next_to_app_py_is_loaded(providers_dir, fake_qwen, tmp_path, m
     # A copy of the service in its own folder, so its .env is the test's and not a developer's.
     service_dir = tmp_path / "service"
     service_dir.mkdir()
-    for module in ("app.py", "provider_loader.py", "converters.py", "streaming.py"):
-        (service_dir / module).write_text((ROOT / module).read_text())
+    # The whole service tree, so a module added later is never missing from the copy.
+    unneeded = shutil.ignore_patterns(".*", "__pycache__", "tests", "bench", "porviders", "*.md")
+    shutil.copytree(ROOT, service_dir, ignore=unneeded, dirs_exist_ok=True)
     (service_dir / ".env").write_text(f"QWEN_TOKEN=from-dotenv-{TOKEN}\nLOG_LEVEL=WARNING\n")
     process, url = start([sys.executable, str(service_dir / "app.py")], providers_dir, cwd=tmp_path, token=None)
     try:

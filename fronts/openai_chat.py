@@ -1,0 +1,189 @@
+"""The OpenAI front: ``/v1/chat/completions`` and ``/v1/models``, parsed into the neutral contract.
+
+Requests are checked and normalised here (``parse_chat_request``); replies and errors are
+rendered by ``fronts.openai_render``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify
+
+from converters import ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_reasoning_format
+from fronts.http import json_body, request_scope
+from fronts.openai_render import (
+    CompletionMeta,
+    completion_from_deltas,
+    error_response,
+    iter_stream_body,
+    stream_response,
+)
+from pipeline import start_reply
+from provider_loader import Provider
+from routing import find_provider, resolve_provider, sorted_providers
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# OpenAI's older spellings of the neutral roles.
+ROLE_ALIASES = {"developer": "system", "function": "tool"}
+
+__all__ = ["error_response", "owns", "parse_chat_request", "register"]
+
+
+def register(app: Flask) -> None:
+    app.add_url_rule("/v1/models", view_func=list_models, methods=["GET"])
+    app.add_url_rule("/v1/models/<path:model_id>", view_func=retrieve_model, methods=["GET"])
+    app.add_url_rule("/v1/chat/completions", view_func=chat_completions, methods=["POST"])
+
+
+def owns(path: str) -> bool:
+    """Every path is this front's unless another claims it: OpenAI's error shape is the default."""
+    return True
+
+
+# --- views -------------------------------------------------------------------------------
+
+
+def chat_completions() -> Response:
+    scope = request_scope()
+    chat_request = parse_chat_request(json_body())
+    provider = resolve_provider(scope.registry, scope.models, chat_request.provider, chat_request.model)
+    meta = CompletionMeta.new(chat_request.model)
+    deltas = start_reply(scope, provider, chat_request)
+    deltas = iter_reasoning_format(deltas, current_app.config["REASONING_FORMAT"])
+    if chat_request.stream:
+        return stream_response(iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact))
+    return jsonify(completion_from_deltas(deltas, meta))
+
+
+def list_models() -> Response:
+    services = current_app.extensions["reverse_api"]
+    providers = sorted_providers(services.current())
+    ids = services.models.ids(providers, services.fetch_model_ids)
+    data = [model_object(model, provider) for provider in providers for model in ids[provider.name]]
+    return jsonify({"object": "list", "data": data})
+
+
+def retrieve_model(model_id: str) -> Response:
+    services = current_app.extensions["reverse_api"]
+    provider = find_provider(services.current(), services.models, model_id)
+    if provider is None:
+        raise ApiError(f"The model '{model_id}' does not exist.", status=404, param="model", code="model_not_found")
+    return jsonify(model_object(model_id, provider))
+
+
+def model_object(model_id: str, provider: Provider) -> dict:
+    return {"id": model_id, "object": "model", "created": provider.created, "owned_by": provider.owned_by}
+
+
+# --- the request -------------------------------------------------------------------------
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Check a parsed JSON body and normalise it; unknown fields are ignored and null means absent."""
+    if not isinstance(body, dict):
+        raise ApiError("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError("'model' is required and must be a non-empty string.", param="model")
+    if any(ord(c) < 32 or c == "\x7f" for c in model):
+        raise ApiError("'model' must not contain control characters.", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("'messages' is required and must be a non-empty array.", param="messages")
+    for index, message in enumerate(messages):
+        _validate_message(message, f"messages[{index}]")
+    tools = body.get("tools")
+    return ChatRequest(
+        model=model,
+        messages=tuple(_message(message) for message in messages),
+        stream=_optional(body, "stream", bool, False),
+        include_usage=_include_usage(body),
+        reasoning_effort=_optional(body, "reasoning_effort", str, None),
+        provider=_optional(body, "provider", str, None),
+        tools=tuple(tools) if isinstance(tools, list) else (),
+        tool_choice=body.get("tool_choice"),
+        passthrough=body,
+    )
+
+
+def _validate_message(message: Any, param: str) -> None:
+    if not isinstance(message, dict):
+        raise ApiError(f"'{param}' must be an object.", param=param)
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        allowed = ", ".join(sorted(ROLES))
+        raise ApiError(f"'{param}.role' must be one of: {allowed}.", param=f"{param}.role")
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise ApiError(f"'{param}.content' must be a string or an array of parts.", param=f"{param}.content")
+    for index, part in enumerate(content):
+        _validate_part(part, f"{param}.content[{index}]")
+
+
+def _validate_part(part: Any, param: str) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise ApiError(f"'{param}' must be an object with a string 'type'.", param=param)
+    if part["type"] in ("text", "refusal") and not isinstance(part.get(part["type"]), str):
+        raise ApiError(f"'{param}.{part['type']}' must be a string.", param=f"{param}.{part['type']}")
+
+
+def _message(message: dict) -> Message:
+    """A checked OpenAI message in neutral terms."""
+    return Message(
+        role=ROLE_ALIASES.get(message["role"], message["role"]),
+        parts=_parts(message.get("content")),
+        tool_calls=_tool_calls(message.get("tool_calls")),
+        tool_call_id=_reference(message.get("tool_call_id")),
+        name=_reference(message.get("name")),
+    )
+
+
+def _parts(content: Any) -> tuple[ContentPart, ...]:
+    if content is None:
+        return ()
+    if isinstance(content, str):
+        return (ContentPart("text", content),)
+    return tuple(
+        ContentPart(part["type"], part[part["type"]])
+        if part["type"] in ("text", "refusal")
+        else ContentPart(part["type"], raw=part)
+        for part in content
+    )
+
+
+def _tool_calls(calls: Any) -> tuple[ToolCall, ...]:
+    """Earlier calls of the assistant; entries of another shape carry nothing to fold and are skipped."""
+    if not isinstance(calls, list):
+        return ()
+    found = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            found.append(
+                ToolCall(_reference(call.get("id")), str(function.get("name")), str(function.get("arguments", "")))
+            )
+    return tuple(found)
+
+
+def _reference(value: Any) -> str:
+    return str(value) if value else ""
+
+
+def _optional(body: dict, key: str, kind: type, default: Any) -> Any:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ApiError(f"'{key}' must be of type {kind.__name__}.", param=key)
+    return value
+
+
+def _include_usage(body: dict) -> bool:
+    options = _optional(body, "stream_options", dict, {})
+    value = options.get("include_usage")
+    if value is not None and not isinstance(value, bool):
+        raise ApiError("'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage")
+    return bool(value)

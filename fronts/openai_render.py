@@ -1,0 +1,169 @@
+"""The OpenAI front's output: ``chat.completion`` objects, chunk streams and error bodies.
+
+Every OpenAI-shaped byte the service writes is built here, errors included (JSON or in-stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from flask import Response, jsonify
+
+from converters import ApiError, Delta, as_dict, as_int, as_str, empty_usage
+from redaction import Redactor
+from streaming import DONE, format_sse, iter_sse_bytes
+
+SYSTEM_FINGERPRINT = "fp_reverse_api"
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The same request would fail the same way on these; spare the upstream the SDKs' retries.
+RETRYABLE_CLIENT_STATUSES = (408, 409, 429)
+
+log = logging.getLogger("reverse_api")
+
+
+def error_body(error: ApiError, redact: Redactor | None = None) -> dict:
+    """``{"error": {message, type, param, code}}``: the body openai-python's APIError reads."""
+    message = redact(error.message) if redact else error.message
+    return {"error": {"message": message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+def error_response(error: ApiError, redact: Redactor) -> Response:
+    """An error before the first byte: the JSON body with its real HTTP status and headers."""
+    response = jsonify(error_body(error, redact))
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    if 400 <= error.status < 500 and error.status not in RETRYABLE_CLIENT_STATUSES:
+        response.headers.setdefault("x-should-retry", "false")
+    return response
+
+
+def stream_response(body: Iterator[bytes]) -> Response:
+    return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
+
+
+def iter_stream_body(
+    deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool, redact: Redactor
+) -> Iterator[bytes]:
+    """SSE bytes for the client; an error after the first byte becomes an error event, then [DONE]."""
+    try:
+        yield from iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
+    except ApiError as exc:
+        body = error_body(exc, redact)
+        log.warning("stream %s ended with an error: %s", meta.id, body["error"]["message"])
+        yield format_sse(body)
+        yield DONE
+    except Exception:  # a bug must still end the stream the way clients understand
+        log.exception("stream %s failed", meta.id)
+        error = ApiError(f"Internal error in stream {meta.id}.", status=500, type="server_error", code="internal_error")
+        yield format_sse(error_body(error))
+        yield DONE
+    finally:
+        deltas.close()
+
+
+@dataclass(frozen=True)
+class CompletionMeta:
+    """What every chunk of one completion repeats."""
+
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, model: str) -> CompletionMeta:
+        return cls(id="chatcmpl-" + uuid.uuid4().hex, created=int(time.time()), model=model)
+
+
+def iter_chunks(deltas: Iterable[Delta], meta: CompletionMeta, include_usage: bool) -> Iterator[dict | None]:
+    """OpenAI ``chat.completion.chunk`` dicts: role first, deltas, finish, then optional usage.
+
+    ``None`` stands for an upstream keep-alive, relayed as an SSE comment.
+    """
+    usage_field = {"usage": None} if include_usage else {}
+    yield chunk_from_delta(meta, {"role": "assistant", "content": ""}, None, usage_field)
+    usage, finish_reason = None, "stop"
+    for delta in deltas:
+        if delta.usage is not None:
+            usage, finish_reason = delta.usage, delta.finish_reason or "stop"
+            continue
+        if delta.heartbeat:
+            yield None
+        elif not delta.is_notice:  # the upstream's ids are for the service, not the client
+            yield chunk_from_delta(meta, _delta_fields(delta), None, usage_field)
+    yield chunk_from_delta(meta, {}, finish_reason, usage_field)
+    if include_usage:
+        yield {**_chunk_head(meta), "choices": [], "usage": usage or empty_usage()}
+
+
+def _delta_fields(delta: Delta) -> dict:
+    fields = {}
+    if delta.reasoning:
+        fields["reasoning_content"] = delta.reasoning
+    if delta.content:
+        fields["content"] = delta.content
+    if delta.tool_calls:
+        fields["tool_calls"] = delta.tool_calls
+    return fields
+
+
+def chunk_from_delta(meta: CompletionMeta, delta: dict, finish_reason: str | None, extra: dict) -> dict:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {**_chunk_head(meta), "choices": [choice], **extra}
+
+
+def _chunk_head(meta: CompletionMeta) -> dict:
+    return {
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+def completion_from_deltas(deltas: Iterable[Delta], meta: CompletionMeta) -> dict:
+    """Aggregate a whole reply into one ``chat.completion``."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: dict[int, dict] = {}
+    usage, finish_reason = None, "stop"
+    for delta in deltas:
+        content.append(delta.content)
+        reasoning.append(delta.reasoning)
+        merge_tool_calls(tool_calls, delta.tool_calls or [])
+        if delta.usage is not None:
+            usage, finish_reason = delta.usage, delta.finish_reason or "stop"
+    message = {"role": "assistant", "content": "".join(content), "refusal": None, "annotations": []}
+    if any(reasoning):
+        message["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        message["tool_calls"] = [tool_calls[index] for index in sorted(tool_calls)]
+        message["content"] = message["content"] or None
+    return {
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage or empty_usage(),
+    }
+
+
+def merge_tool_calls(calls: dict[int, dict], deltas: list) -> None:
+    """Join streamed tool-call fragments by index, as the OpenAI SDK's accumulator does."""
+    for fragment in deltas:
+        if not isinstance(fragment, dict):
+            continue
+        call = calls.setdefault(
+            as_int(fragment.get("index")), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        call["id"] = as_str(fragment.get("id")) or call["id"]
+        call["type"] = as_str(fragment.get("type")) or call["type"]
+        function = as_dict(fragment.get("function"))
+        call["function"]["name"] += as_str(function.get("name"))
+        call["function"]["arguments"] += as_str(function.get("arguments"))

@@ -1,0 +1,52 @@
+"""The ``import`` command: ``python provider_loader.py import NAME FILE`` writes a provider folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from importer.folder import ImportResult, import_capture
+from provider_loader import ProviderError, default_providers_dir
+from settings import EnvFile, env_file_path, lookup
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python provider_loader.py import NAME FILE``: a provider folder from a browser capture."""
+    parser = argparse.ArgumentParser(prog="python provider_loader.py", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("import", help="write porviders/NAME from a cURL command or a .har file")
+    command.add_argument("name", help="the provider's folder name, e.g. qwen2")
+    command.add_argument("file", type=Path, help='a "Copy as cURL (bash)" command saved to a file, or a .har file')
+    command.add_argument("--match", help="in a HAR file, the request whose URL contains this text")
+    command.add_argument("--force", action="store_true", help="overwrite the folder and existing .env variables")
+    env_file = Path(env_file_path())
+    # The folder the service reads: PROVIDERS_DIR as the service sees it (environment, then .env).
+    providers_dir = lookup("PROVIDERS_DIR", EnvFile(env_file).values()) or default_providers_dir()
+    command.add_argument("--providers-dir", type=Path, default=Path(providers_dir))
+    command.add_argument("--env-file", type=Path, default=env_file)
+    args = parser.parse_args(argv)
+    try:
+        result = import_capture(args.name, args.file, args.providers_dir, args.env_file, args.match, args.force)
+    except ProviderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # a file that cannot be written, an odd capture: no traceback
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    _print_result(result, args.env_file)
+    return 0
+
+
+def _print_result(result: ImportResult, env_file: Path) -> None:
+    print(f"Wrote {result.folder} (dialect: {result.dialect}).")
+    if result.variables_written:
+        print(f"Secrets moved to {env_file}: {', '.join(result.variables_written)}.")
+    if result.variables_kept:
+        print(f"Kept existing values in {env_file} (use --force to replace): {', '.join(result.variables_kept)}.")
+    for note in result.notes:
+        print(f"To do: {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

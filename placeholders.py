@@ -1,0 +1,96 @@
+"""``${NAME}`` placeholders: which variables a value names, and filling them in, structurally.
+
+Upper-case names come from the environment; lower-case ones are per-request values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Upper-case names come from the environment; lower-case ones are filled per request.
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model"})
+
+
+class MissingVariables(Exception):
+    """Placeholders whose environment variables are unset or empty."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = sorted(set(names))
+        super().__init__("Missing variables: " + ", ".join(self.names))
+
+
+def env_names_in(value: Any) -> list[str]:
+    """Environment placeholder names used anywhere in a JSON-like value."""
+    names: list[str] = []
+    for text in iter_strings(value):
+        names.extend(n for n in PLACEHOLDER.findall(text) if ENV_NAME.match(n))
+    return names
+
+
+def fill_placeholders(value: Any, variables: Mapping[str, Any]) -> Any:
+    """Return a copy of a JSON-like value with every ``${NAME}`` replaced, walking the structure.
+
+    A string that is exactly one placeholder takes the variable's own type (an int stays an int).
+    :raise MissingVariables: listing every name that has no non-empty value.
+    """
+    missing: list[str] = []
+    filled = _fill(value, variables, missing)  # _fill builds new containers: the input is never changed
+    if missing:
+        raise MissingVariables(missing)
+    return filled
+
+
+def _fill(value: Any, variables: Mapping[str, Any], missing: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {key: _fill(item, variables, missing) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill(item, variables, missing) for item in value]
+    if isinstance(value, str):
+        return _fill_string(value, variables, missing)
+    return value
+
+
+def _fill_string(text: str, variables: Mapping[str, Any], missing: list[str]) -> Any:
+    whole = PLACEHOLDER.fullmatch(text)
+    if whole and variables.get(whole.group(1)) not in (None, ""):
+        return variables[whole.group(1)]
+
+    def replace(match: re.Match) -> str:
+        found = variables.get(match.group(1))
+        if found in (None, ""):
+            missing.append(match.group(1))
+            return ""
+        return str(found)
+
+    return PLACEHOLDER.sub(replace, text)
+
+
+def fill_headers(
+    headers: Iterable[tuple[str, str]], variables: Mapping[str, Any], optional: frozenset[str]
+) -> dict[str, str]:
+    """Fill header values; a header whose optional variable is unset or empty is dropped."""
+    filled: dict[str, str] = {}
+    missing: list[str] = []
+    for name, value in headers:
+        used = PLACEHOLDER.findall(value)
+        if any(n in optional and variables.get(n) in (None, "") for n in used):
+            continue
+        filled[name] = str(_fill_string(value, variables, missing))
+    if missing:
+        raise MissingVariables(missing)
+    return filled
+
+
+def iter_strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from iter_strings(item)

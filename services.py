@@ -1,0 +1,96 @@
+"""What the app keeps between requests, and what one request sees of it (read once per request)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_catalog import ModelCatalog
+from pipeline import fetch_model_ids
+from provider_loader import Provider, Registry, default_providers_dir, folder_signature, load_providers
+from redaction import Redactor
+from settings import EnvFile, read_variables
+from upstream import UpstreamClient
+
+RELOAD_CHECK_SECONDS = 1.0
+
+log = logging.getLogger("reverse_api")
+
+
+@dataclass(frozen=True)
+class RequestScope:
+    """One request's view of the services: providers, .env values and redactor, each read once."""
+
+    registry: Registry
+    file_values: dict[str, str]
+    redact: Redactor
+    upstream: UpstreamClient
+    models: ModelCatalog
+    request_id: str = ""
+
+    def variables(self, provider: Provider) -> dict[str, str]:
+        """The provider's variables that hold something: the real environment wins over .env."""
+        return read_variables(provider.variable_names(), self.file_values)
+
+
+class Services:
+    """Providers (re-read when their folders change), the upstream client, .env and model lists."""
+
+    def __init__(self, config: dict) -> None:
+        self.providers_dir = Path(config["PROVIDERS_DIR"] or default_providers_dir())
+        self.env = EnvFile(config["ENV_FILE"])
+        self.upstream = UpstreamClient(config["POOL_SIZE"], config["UPSTREAM_TIMEOUT"])
+        self.models = ModelCatalog(config["MODELS_CACHE_SECONDS"], config["MODELS_REFRESH_TIMEOUT"])
+        self.models_timeout = config["MODELS_REFRESH_TIMEOUT"]
+        self._lock = threading.Lock()
+        self._next_check = 0.0
+        self._redactor: tuple[tuple[str, ...] | None, Redactor] = (None, Redactor(()))
+        self._signature = folder_signature(self.providers_dir)
+        self.registry = self._load()
+
+    def scope(self, request_id: str = "") -> RequestScope:
+        """What one request works with; .env is checked once here, not at every step."""
+        registry = self.current()
+        file_values = self.env.values()
+        return RequestScope(
+            registry, file_values, self._redactor_for(registry, file_values), self.upstream, self.models, request_id
+        )
+
+    def current(self) -> Registry:
+        """The providers, re-read when a folder changed (checked at most once a second)."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return self.registry
+        with self._lock:
+            self._next_check = now + RELOAD_CHECK_SECONDS
+            signature = folder_signature(self.providers_dir)
+            if signature != self._signature:
+                self._signature, self.registry = signature, self._load()
+                log.info("provider folders changed: loaded %s", ", ".join(sorted(self.registry.providers)) or "none")
+        return self.registry
+
+    def variables(self, names: list[str]) -> dict[str, str]:
+        """The named variables: the real environment wins over .env (re-read when it changes)."""
+        return read_variables(names, self.env.values())
+
+    def fetch_model_ids(self, provider: Provider) -> list[str]:
+        """The upstream's model list (runs outside any request, in the catalog's threads)."""
+        variables = self.variables(provider.variable_names())
+        return fetch_model_ids(self.upstream, provider, variables, self.models_timeout)
+
+    def _load(self) -> Registry:
+        registry = load_providers(self.providers_dir)
+        for name, reason in registry.errors.items():
+            log.error("provider %s not loaded: %s", name, reason)
+        return registry
+
+    def _redactor_for(self, registry: Registry, file_values: dict[str, str]) -> Redactor:
+        """A Redactor for the current values of every provider variable, rebuilt only when they change."""
+        names = {name for p in registry.providers.values() for name in p.variable_names()}
+        secrets = tuple(sorted(read_variables(names, file_values).values()))
+        if self._redactor[0] != secrets:
+            self._redactor = (secrets, Redactor(secrets))
+        return self._redactor[1]

@@ -1,0 +1,136 @@
+"""Settings and variables: defaults, then ``.env``, then the real environment, by one rule.
+
+The one place that reads the environment and ``.env``; the service and the importer both ask it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from converters import REASONING_FORMATS
+
+DEFAULTS = {
+    "HOST": "127.0.0.1",
+    "PORT": 5000,
+    "PROVIDERS_DIR": None,  # None means porviders/ next to app.py
+    "UPSTREAM_TIMEOUT": 60.0,
+    "REASONING_FORMAT": "reasoning_content",
+    "POOL_SIZE": 512,
+    "LOG_LEVEL": "INFO",
+    "API_KEYS": "",  # comma-separated; empty means open, as for a laptop
+    "CORS_ORIGINS": "",  # comma-separated origins, or *; empty means no CORS
+    "MAX_BODY_BYTES": 10 * 1024 * 1024,
+    # Serving by `python app.py` (gunicorn); see README "Serving".
+    # One gevent worker holds hundreds of streams; raise WORKERS on a machine of its own.
+    "WORKERS": 1,
+    "WORKER_CLASS": "gevent",
+    "WORKER_CONNECTIONS": 1000,
+    "THREADS": 1,
+    "BACKLOG": 2048,
+    # /v1/models merges the lists of providers that declare a models endpoint.
+    "MODELS_CACHE_SECONDS": 600.0,
+    "MODELS_REFRESH_TIMEOUT": 3.0,
+}
+ENV_TYPES = {
+    "PORT": int,
+    "UPSTREAM_TIMEOUT": float,
+    "POOL_SIZE": int,
+    "MAX_BODY_BYTES": int,
+    "WORKERS": int,
+    "WORKER_CONNECTIONS": int,
+    "THREADS": int,
+    "BACKLOG": int,
+    "MODELS_CACHE_SECONDS": float,
+    "MODELS_REFRESH_TIMEOUT": float,
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ENV_FILE_NAME = ".env"
+DEFAULT_ENV_FILE = Path(__file__).resolve().with_name(ENV_FILE_NAME)
+
+
+class EnvFile:
+    """The values of one ``.env`` file, re-read only when its size or modification time changes."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._version: tuple | None = None
+        self._values: dict[str, str] = {}
+
+    def values(self) -> dict[str, str]:
+        version = self._stat()
+        if version != self._version:
+            # No ${} expansion: values come back exactly as the importer wrote them.
+            found = dotenv_values(self.path, interpolate=False) if version else {}
+            self._version, self._values = version, {k: v for k, v in found.items() if v is not None}
+        return self._values
+
+    def _stat(self) -> tuple | None:
+        try:
+            found = self.path.stat() if self.path else None
+        except OSError:
+            return None
+        return (found.st_mtime_ns, found.st_size) if found and stat.S_ISREG(found.st_mode) else None
+
+
+def lookup(name: str, file_values: Mapping[str, str]) -> str | None:
+    """A variable's raw value: the real environment wins over .env, even when it is set empty."""
+    return os.environ[name] if name in os.environ else file_values.get(name)
+
+
+def read_variables(names: Iterable[str], file_values: Mapping[str, str]) -> dict[str, str]:
+    """The named variables that hold something, stripped (a token pasted with a stray newline)."""
+    found = {}
+    for name in names:
+        value = lookup(name, file_values)
+        if value and value.strip():
+            found[name] = value.strip()
+    return found
+
+
+def env_file_path(overrides: Mapping[str, Any] | None = None) -> str | Path | None:
+    """The .env to read: an explicit ENV_FILE, then the environment's, then the one beside app.py."""
+    return (overrides or {}).get("ENV_FILE", os.environ.get("ENV_FILE", DEFAULT_ENV_FILE))
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every setting: defaults, then .env, then the environment, then ``overrides`` (tests), checked."""
+    env_file = env_file_path(overrides)
+    settings = {**DEFAULTS, **_settings_from_env(EnvFile(env_file).values()), **(overrides or {})}
+    settings["ENV_FILE"] = env_file
+    _check(settings)
+    return settings
+
+
+def split_list(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A comma-separated setting (or a list) as a tuple of its non-blank items."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _settings_from_env(file_values: Mapping[str, str]) -> dict[str, Any]:
+    found = {}
+    for key in DEFAULTS:
+        value = lookup(key, file_values)
+        if value not in (None, ""):
+            found[key] = _convert(key, value)
+    return found
+
+
+def _convert(key: str, value: str) -> Any:
+    try:
+        return ENV_TYPES.get(key, str)(value)
+    except ValueError:
+        raise SystemExit(f"Environment variable {key}={value!r} is not a valid {ENV_TYPES[key].__name__}") from None
+
+
+def _check(settings: Mapping[str, Any]) -> None:
+    if settings["LOG_LEVEL"].upper() not in LOG_LEVELS:
+        raise SystemExit(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if settings["REASONING_FORMAT"] not in REASONING_FORMATS:
+        raise SystemExit(f"REASONING_FORMAT must be one of {', '.join(REASONING_FORMATS)}")

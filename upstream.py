@@ -1,0 +1,166 @@
+"""The upstream HTTP client: the only code that imports requests or urllib3.
+
+Every call to a provider goes through ``UpstreamClient.send``: one connection pool per provider,
+no redirects followed, no cookies kept, an explicit timeout, and transport failures as ApiError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from converters import ApiError, upstream_error
+
+READ_CHUNK = 64 * 1024
+ERROR_BODY_BYTES = 64 * 1024
+
+log = logging.getLogger("reverse_api")
+
+
+class UpstreamClient:
+    """One pool of connections per provider, made on first use and kept for the process."""
+
+    def __init__(self, pool_size: int, timeout: float) -> None:
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self.sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+        # Proxy and CA settings are read once here, not from the environment on every request
+        # (requests' per-request lookup was a sixth of the service's CPU per request).
+        self._proxies = requests.utils.get_environ_proxies("https://upstream.invalid") or {}
+        self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+    def send(
+        self, pool: str, method: str, url: str, headers: dict, payload: Any = None, timeout: float | None = None
+    ) -> UpstreamReply:
+        """One upstream request, its answer left unread (a stream is read as it arrives)."""
+        timeout = self.timeout if timeout is None else timeout
+        host = urlsplit(url).netloc
+        try:
+            response = self._session(pool).request(
+                method, url, headers=headers, json=payload, stream=True, timeout=timeout, allow_redirects=False
+            )
+        except requests.Timeout:
+            raise upstream_error(
+                f"The upstream did not answer within {timeout:g} s.", status=504, code="upstream_timeout"
+            ) from None
+        except requests.ConnectionError as exc:
+            if _is_protocol_error(exc):
+                # Connected, but what came back was no HTTP answer (or the upstream hung up first).
+                raise upstream_error(
+                    f"The upstream {host} closed the connection or did not answer in HTTP.", code="upstream_error"
+                ) from None
+            raise _unreachable(host, exc) from None
+        except requests.RequestException as exc:
+            raise _unreachable(host, exc) from None
+        return UpstreamReply(response, timeout)
+
+    def close(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()
+
+    def _session(self, pool: str) -> requests.Session:
+        session = self.sessions.get(pool)
+        if session is None:
+            with self._lock:
+                session = self.sessions.setdefault(pool, self._new_session())
+        return session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies = dict(self._proxies)
+        session.verify = self._verify
+        # The service is stateless: upstream Set-Cookie must not leak from one client's call to the next.
+        session.cookies.set_policy(_RejectCookies())
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+
+class UpstreamReply:
+    """An upstream answer: status and headers, then its body read whole (bounded) or as a stream."""
+
+    def __init__(self, response: requests.Response, timeout: float) -> None:
+        self._response = response
+        self.timeout = timeout
+        self.status = response.status_code
+        self.headers = response.headers
+        self.content_type = response.headers.get("Content-Type", "")
+
+    def __enter__(self) -> UpstreamReply:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._response.close()
+
+    def read_text(self, limit: int = ERROR_BODY_BYTES) -> str:
+        """At most ``limit`` bytes of a non-stream answer (JSON, an error page), decoded."""
+        try:
+            raw = self._response.raw.read(limit, decode_content=True)
+        except Exception as exc:  # urllib3 errors have no common base; never a 500
+            raise self._read_failure(exc) from None
+        return raw.decode("utf-8", errors="replace")
+
+    def read_within(self, seconds: float, limit: int) -> bytes:
+        """The whole body, unless it takes longer than ``seconds`` or grows past ``limit`` bytes."""
+        deadline = time.monotonic() + seconds
+        body = bytearray()
+        for chunk in self._response.iter_content(READ_CHUNK):
+            body += chunk
+            if time.monotonic() > deadline or len(body) > limit:
+                raise TimeoutError("the answer was too slow or too large")
+        return bytes(body)
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        """Bytes as they arrive: ``read1`` returns whatever is there, so no event is held back."""
+        encoded = self.headers.get("Content-Encoding", "").lower() not in ("", "identity")
+        try:
+            while True:
+                # requests leaves decoding to its own readers; gzip and deflate are undone here (and only
+                # then: urllib3's decoding path costs microseconds per event on a plain stream).
+                chunk = self._response.raw.read1(READ_CHUNK, decode_content=encoded)
+                if not chunk:
+                    return
+                yield chunk
+        except Exception as exc:  # urllib3 raises its own types; name the failure, never a 500
+            raise self._read_failure(exc) from None
+
+    def _read_failure(self, exc: Exception) -> ApiError:
+        """A failed read of the answer: 504 when it went silent, else 502."""
+        if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+            return upstream_error(
+                f"The upstream stopped sending for {self.timeout:g} s.", status=504, code="upstream_timeout"
+            )
+        return upstream_error(
+            f"The upstream connection failed mid-reply: {type(exc).__name__}.", code="upstream_disconnected"
+        )
+
+
+class _RejectCookies(DefaultCookiePolicy):
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+
+def _is_protocol_error(exc: requests.ConnectionError) -> bool:
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the real cause
+    return isinstance(reason, urllib3.exceptions.ProtocolError)
+
+
+def _unreachable(host: str, exc: Exception) -> ApiError:
+    return upstream_error(f"Could not reach the upstream {host}: {type(exc).__name__}.", code="upstream_unreachable")
