@@ -1,16 +1,34 @@
 """The API fronts: each parses its own clients' requests and renders its own replies and errors.
 
-To add a front, write a module here with ``register(app)``, ``owns(path)`` and
-``error_response(error, redact)``, and list it in ``FRONTS``: the last one is the default.
+To add a front, write a module here that provides what ``Front`` describes and list it in
+``FRONTS``; the first whose ``owns(path)`` is true renders that path's errors.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from flask import Flask, Response
+
+from converters import ApiError
 from fronts import openai_chat
+from redaction import Redactor
 
-FRONTS = (openai_chat,)
+
+class Front(Protocol):
+    """What app.py asks of a front module."""
+
+    def register(self, app: Flask) -> None: ...  # add its routes
+
+    def owns(self, path: str) -> bool: ...  # are errors on this path in its shape?
+
+    def error_response(self, error: ApiError, redact: Redactor) -> Response: ...
 
 
-def front_for(path: str):  # noqa: ANN201 - a front module
+# The OpenAI front owns every path, so it comes last: it is the default error shape.
+FRONTS: tuple[Front, ...] = (openai_chat,)
+
+
+def front_for(path: str) -> Front:
     """The front whose error shape a path's clients read."""
     return next(front for front in FRONTS if front.owns(path))
