@@ -14,6 +14,7 @@ by client, upstream and service, so targets compare numbers measured in the same
     python bench/run.py             full run (~2 min); FAIL lines are informative, exit 0
     python bench/run.py --strict    exit 1 when a target is missed
     python bench/run.py --smoke     a few seconds, tiny counts, no thresholds (CI): exit 1 on a failed request
+    python bench/run.py --compare REF   this tree against the commit REF, both served at once, alternating
 
 Only the standard library and requests; process figures come from /proc.
 """
@@ -207,8 +208,9 @@ def free_port() -> int:
 class Servers:
     """The fake upstream and the service, each in its own process group; ``stop`` ends both."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, service_root: Path = ROOT) -> None:
         self.tmp = tmp
+        self.service_root = service_root  # the checkout whose app.py is served
         self.upstream: subprocess.Popen | None = None
         self.service: subprocess.Popen | None = None
         self.upstream_port = 0
@@ -238,7 +240,7 @@ class Servers:
 
     def _start_service(self) -> None:
         providers = self.tmp / "providers"
-        shutil.copytree(ROOT / "porviders" / "qwen", providers / "qwen")
+        shutil.copytree(self.service_root / "porviders" / "qwen", providers / "qwen")
         meta_path = providers / "qwen" / "metadata.json"
         metadata = json.loads(meta_path.read_text())
         metadata.update(host=f"{HOST}:{self.upstream_port}", scheme="http")
@@ -256,7 +258,12 @@ class Servers:
         log = open(self.tmp / "service.log", "wb")  # noqa: SIM115 - lives as long as the process
         self.logs.append(log)
         self.service = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "app.py"],
+            cwd=self.service_root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT
         with make_session() as s:
@@ -1003,12 +1010,82 @@ def report(bench: Bench, plan: Plan, thresholds: bool, strict: bool) -> int:
     return 1 if strict and missed else 0
 
 
+# What --compare measures on both trees: key, label, unit, scale (as in METRICS and ONCE).
+COMPARED = [
+    ("ttft_proxy_p50", "TTFT through the service, p50", "ms", 1e3),
+    ("ttft_added_p50", "TTFT added by the service, p50", "ms", 1e3),
+    ("burst_proxy_wall", "burst stream through the service, wall", "ms", 1e3),
+    ("cpu_per_event_burst", "service CPU per event, burst", "us", 1e6),
+    ("rps_total", "non-streaming req/s", "/s", 1),
+    ("rps_cpu_per_request", "service CPU per request", "ms", 1e3),
+    ("rss_base", "base RSS after warm-up", "MB", 1e-6),
+]
+
+
+def export_tree(ref: str, into: Path) -> Path:
+    """The files of commit ``ref`` (no .git), so its app.py can be served beside this tree's."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def compare(ref: str, plan: Plan, tmp: Path) -> int:
+    """This tree and ``ref`` served side by side; the same phases alternate between them each round."""
+    trees = {"this tree": ROOT, ref: export_tree(ref, tmp / "baseline")}
+    servers = {}
+    for index, (name, root) in enumerate(trees.items()):
+        (tmp / f"run-{index}").mkdir()
+        servers[name] = Servers(tmp / f"run-{index}", root)
+    benches: dict[str, Bench] = {}
+    try:
+        for name, server in servers.items():
+            server.start()
+            benches[name] = Bench(server, plan)
+            benches[name].warm_up()
+        for index in range(plan.rounds):
+            names = list(benches) if index % 2 == 0 else list(reversed(benches))
+            for name in names:
+                bench = benches[name]
+                bench.servers.refresh_workers()
+                bench.ttft(("direct", "proxy"))
+                bench.burst(("direct", "proxy"))
+                bench.throughput()
+            print(f"round {index + 1}/{plan.rounds} done", flush=True)
+        return report_comparison(benches)
+    finally:
+        for bench in benches.values():
+            bench.close()
+        for server in servers.values():
+            server.stop()
+
+
+def report_comparison(benches: dict[str, Bench]) -> int:
+    (new, new_bench), (old, old_bench) = benches.items()
+    print(f"\n{'metric':<34} {new:>12} {old:>12}   ratio (this / {old})")
+    for key, label, unit, scale in COMPARED:
+        values = [_median_of(bench, key) * scale for bench in (new_bench, old_bench)]
+        ratio = values[0] / values[1] if values[1] else math.nan
+        print(f"{label:<34} {fmt(values[0]):>9} {unit:<3}{fmt(values[1]):>9} {unit:<3}  {ratio:.2f}")
+    failures = sum(sum(bench.failures.values()) for bench in benches.values())
+    print(f"\nfailed requests: {failures}")
+    return 1 if failures else 0
+
+
+def _median_of(bench: Bench, key: str) -> float:
+    if key in bench.once:
+        return bench.once[key]
+    clean = [v for v in bench.values.get(key, []) if not math.isnan(v)]
+    return statistics.median(clean) if clean else math.nan
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds, tiny counts, no thresholds")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--litellm-python", metavar="PATH", help="an interpreter where `import litellm` works")
+    parser.add_argument("--compare", metavar="REF", help="measure this tree against a git commit, in the same run")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     if args.rounds:
@@ -1020,6 +1097,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="reverse-api-bench-"))
+    if args.compare:
+        try:
+            return compare(args.compare, plan, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"total time {time.monotonic() - started:.1f} s")
     servers = Servers(tmp)
     bench: Bench | None = None
     code = 0
