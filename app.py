@@ -189,7 +189,7 @@ def _render_unexpected(error: Exception) -> Response:
 
 
 def health() -> Response:
-    """Per provider: loaded or why not, and which credentials are missing (names only).
+    """Per provider: loaded or why not, which credentials are missing (names only), and drift.
 
     "ok" when every folder loaded and at least one provider has its credentials.
     """
@@ -198,7 +198,12 @@ def health() -> Response:
     for name, provider in scope.registry.providers.items():
         found = scope.variables(provider)
         missing = [n for n in provider.required_variables() if n not in found]
-        providers[name] = {"loaded": True, "credentials_set": not missing, "missing_variables": missing}
+        providers[name] = {
+            "loaded": True,
+            "credentials_set": not missing,
+            "missing_variables": missing,
+            "drift": scope.drift.snapshot(name),  # what its streams held that the parser did not know
+        }
     for name, reason in scope.registry.errors.items():
         providers[name] = {"loaded": False, "error": reason}
     usable = any(p.get("credentials_set") for p in providers.values())

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from converters import ApiError, ChatRequest, Delta, copy_json, dig, upstream_error
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
+from keepalive import PacedReply, first_deltas_within, iter_paced
 from placeholders import MissingVariables, fill_headers, fill_placeholders
 from provider_loader import Provider, ids_from_models_answer
 from redaction import redact_headers
@@ -75,7 +76,18 @@ def start_reply(scope: RequestScope, provider: Provider, chat_request: ChatReque
     """Open the upstream reply and pull its first delta before answering, so upstream failures
     still get a real HTTP status; the connection closes with the iterator."""
     deltas = open_reply(scope, provider, chat_request)
-    return _prepend(_first_deltas(deltas), deltas)
+    return _prepend(first_deltas(deltas), deltas)
+
+
+def start_stream(
+    scope: RequestScope, provider: Provider, chat_request: ChatRequest, keepalive: float
+) -> Iterator[Delta]:
+    """As ``start_reply``, for a stream: after ``keepalive`` seconds of silence (before the first
+    delta or later) a heartbeat is yielded, committing the stream to HTTP 200 if nothing else had."""
+    if keepalive <= 0:
+        return start_reply(scope, provider, chat_request)
+    reply = PacedReply(lambda: open_reply(scope, provider, chat_request))
+    return _prepend(first_deltas_within(reply, keepalive), iter_paced(reply, keepalive))
 
 
 def open_reply(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]:
@@ -139,7 +151,8 @@ def iter_upstream_deltas(exchange: Exchange, reply: UpstreamReply) -> Iterator[D
             raise _answer_error(exchange, reply, redact(reply.read_text()))
         # Each frame is blanked before parsing, so no error quoting it can carry a secret.
         events = map(redact, iter_data(iter_sse_events(reply.iter_bytes())))
-        yield from exchange.dialect.iter_deltas(events, exchange.credential)
+        drift = exchange.scope.drift.of(exchange.provider.name)
+        yield from exchange.dialect.iter_deltas(events, exchange.credential, drift)
     except SseLineTooLong as exc:
         raise upstream_error(f"The upstream sent {exc}.") from None
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
@@ -149,7 +162,7 @@ def iter_upstream_deltas(exchange: Exchange, reply: UpstreamReply) -> Iterator[D
         reply.close()
 
 
-def _first_deltas(deltas: Iterator[Delta]) -> list[Delta]:
+def first_deltas(deltas: Iterator[Delta]) -> list[Delta]:
     """Up to the first delta that says something: keep-alives before it are dropped, notices kept."""
     notices = []
     for delta in deltas:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from drift import DriftLogs
 from model_catalog import ModelCatalog
 from pipeline import fetch_model_ids
 from provider_loader import Provider, Registry, default_providers_dir, folder_signature, load_providers
@@ -29,6 +30,7 @@ class RequestScope:
     redact: Redactor
     upstream: UpstreamClient
     models: ModelCatalog
+    drift: DriftLogs
     request_id: str = ""
 
     def variables(self, provider: Provider) -> dict[str, str]:
@@ -45,6 +47,7 @@ class Services:
         self.upstream = UpstreamClient(config["POOL_SIZE"], config["UPSTREAM_TIMEOUT"])
         self.models = ModelCatalog(config["MODELS_CACHE_SECONDS"], config["MODELS_REFRESH_TIMEOUT"])
         self.models_timeout = config["MODELS_REFRESH_TIMEOUT"]
+        self.drift = DriftLogs()  # per process: each worker counts what it parsed
         self._lock = threading.Lock()
         self._next_check = 0.0
         self._redactor: tuple[tuple[str, ...] | None, Redactor] = (None, Redactor(()))
@@ -55,9 +58,8 @@ class Services:
         """What one request works with; .env is checked once here, not at every step."""
         registry = self.current()
         file_values = self.env.values()
-        return RequestScope(
-            registry, file_values, self._redactor_for(registry, file_values), self.upstream, self.models, request_id
-        )
+        redact = self._redactor_for(registry, file_values)
+        return RequestScope(registry, file_values, redact, self.upstream, self.models, self.drift, request_id)
 
     def current(self) -> Registry:
         """The providers, re-read when a folder changed (checked at most once a second)."""

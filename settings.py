@@ -20,6 +20,8 @@ DEFAULTS = {
     "PORT": 5000,
     "PROVIDERS_DIR": None,  # None means porviders/ next to app.py
     "UPSTREAM_TIMEOUT": 60.0,
+    # A stream silent this long gets an SSE comment (and is committed to HTTP 200); 0 turns it off.
+    "KEEPALIVE_SECONDS": 15.0,
     "REASONING_FORMAT": "reasoning_content",
     "POOL_SIZE": 512,
     "LOG_LEVEL": "INFO",
@@ -40,6 +42,7 @@ DEFAULTS = {
 ENV_TYPES = {
     "PORT": int,
     "UPSTREAM_TIMEOUT": float,
+    "KEEPALIVE_SECONDS": float,
     "POOL_SIZE": int,
     "MAX_BODY_BYTES": int,
     "WORKERS": int,

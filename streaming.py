@@ -52,20 +52,32 @@ def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Itera
 
 
 def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
-    """Parse spec SSE: join multi-line data with LF, skip comments, dispatch on blank lines."""
+    """Parse spec SSE: join multi-line data with LF, skip comments, dispatch on blank lines.
+
+    One exception to the spec: an upstream that writes a whole JSON event on every ``data:``
+    line and leaves out the blank lines would have all its events joined into one that cannot
+    be parsed; while each line of an event stands alone, each is dispatched as it completes.
+    """
     data: list[str] = []
     event = event_id = ""
+    lines_stand_alone = False  # every data line of the pending event is a whole JSON value
     for raw in iter_lines(chunks):
         # Decode per complete line so a multi-byte character split across chunks survives.
         line = raw.decode("utf-8", errors="replace")
         if not line:
             if data:
                 yield SseEvent("\n".join(data), event, event_id)
-            data, event = [], ""
+            data, event, lines_stand_alone = [], "", False
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if name == "data":
+            # Checked only when a second line arrives, so ordinary streams parse nothing here.
+            if len(data) == 1 and (lines_stand_alone or _stands_alone(data[0])) and _stands_alone(value):
+                yield SseEvent(data[0], event, event_id)
+                data, lines_stand_alone = [], True
+            elif data:
+                lines_stand_alone = False
             data.append(value)
         elif name == "event":
             event = value
@@ -74,6 +86,19 @@ def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
     if data:
         # Complete data lines with no blank line after them: the stream closed right after an event.
         yield SseEvent("\n".join(data), event, event_id)
+
+
+def _stands_alone(data: str) -> bool:
+    """A data line that is a whole event by itself: a JSON object, or ``[DONE]``."""
+    text = data.strip()
+    if text == "[DONE]":
+        return True
+    if not text.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def iter_data(events: Iterable[SseEvent]) -> Iterator[str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from converters import ApiError, ChatRequest, Delta
+from drift import DriftLog
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class Dialect:
     # Check the request once and choose the upstream model; ``history`` is the folder's message mode.
     prepare: Callable[[ChatRequest, bool], Plan]
     build_payload: Callable[[dict, ChatRequest, UpstreamCall], dict]
-    # SSE data payloads to deltas; the credential's variable name is for errors that blame it.
-    iter_deltas: Callable[[Iterable[str], str], Iterator[Delta]]
+    # SSE data payloads to deltas; the credential's variable name is for errors that blame it, and
+    # shapes the parser does not recognise are counted in the DriftLog.
+    iter_deltas: Callable[[Iterable[str], str, DriftLog | None], Iterator[Delta]]
     read_error: Callable[[UpstreamAnswer, str], ApiError]
     hints: ImportHints

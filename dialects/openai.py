@@ -9,6 +9,7 @@ from typing import Any
 from converters import ApiError, ChatRequest, Delta, as_dict, as_str, copy_json, empty_usage, upstream_error
 from dialects.contract import Dialect, ImportHints, Plan, UpstreamAnswer, UpstreamCall
 from dialects.qwen import ERROR_BODY_LIMIT, credential_error, parse_frame
+from drift import DriftLog
 
 # Fields of a client's body that are for this service and never go upstream.
 LOCAL_FIELDS = frozenset({"provider"})
@@ -33,7 +34,7 @@ def build_openai_payload(template: dict, chat_request: ChatRequest, call: Upstre
     return payload
 
 
-def iter_openai_deltas(payloads: Iterable[str], credential: str = "") -> Iterator[Delta]:
+def iter_openai_deltas(payloads: Iterable[str], credential: str = "", drift: DriftLog | None = None) -> Iterator[Delta]:
     """Turn an OpenAI-compatible chunk stream into deltas, ending with usage and finish reason."""
     usage, finish_reason = None, None
     for data in payloads:

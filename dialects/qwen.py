@@ -24,6 +24,7 @@ from converters import (
     upstream_error,
 )
 from dialects.contract import Dialect, ImportHints, Plan, UpstreamAnswer, UpstreamCall
+from drift import DROPPED_CANDIDATE, EMPTY_REPLY, UNKNOWN_KEY, UNKNOWN_PHASE, ZERO_OUTPUT_ROUND, DriftLog, StreamDrift
 
 THINKING_SUFFIX = "-thinking"
 FAST_MODE = {"thinking_enabled": False, "auto_thinking": False, "thinking_mode": "Fast"}
@@ -39,6 +40,10 @@ RATE_LIMIT_CODES = frozenset({"ratelimited", "parallellimited", "quotalimited", 
 BROWSER_CHECK_MARKERS = ("FAIL_SYS_USER_VALIDATE", "aliyun_waf", "_____tmd_____/punish")
 UNNAMED_CREDENTIAL = "the provider's credential"
 AUTH_CODES = frozenset({"unauthorized", "token_expired", "invalid_token"})
+# What an ordinary stream holds; anything else is counted as drift (see drift.py).
+KNOWN_FRAME_KEYS = frozenset({"choices", "response_id", "usage", "timestamp"})
+KNOWN_DELTA_KEYS = frozenset({"role", "content", "phase", "status", "extra", "function_call", "function_id", "name"})
+KNOWN_PHASES = frozenset({"answer", "think", "thinking_summary", "web_search", None})
 CREATE_CHAT_PATH = "/api/v2/chats/new"
 CREATE_CHAT_BODY = {
     "chatId": "",
@@ -150,24 +155,33 @@ def build_history_messages(
 @dataclass
 class _QwenState:
     credential: str
+    drift: StreamDrift
     finished: bool = False
     saw_reply: bool = False
+    saw_content: bool = False
+    kept_id: str = ""  # the candidate answer relayed: the first response.created
+    dropped_ids: set[str] = field(default_factory=set)
     thoughts: list[str] = field(default_factory=list)
     closed_rounds: list[dict] = field(default_factory=list)
     round_usage: dict | None = None
 
 
-def iter_qwen_deltas(payloads: Iterable[str], credential: str = UNNAMED_CREDENTIAL) -> Iterator[Delta]:
+def iter_qwen_deltas(
+    payloads: Iterable[str], credential: str = UNNAMED_CREDENTIAL, drift: DriftLog | None = None
+) -> Iterator[Delta]:
     """Turn Qwen SSE data payloads into deltas, ending with one usage delta.
 
+    Shapes it does not recognise are counted in ``drift``.
     :raise ApiError: for an in-stream error, a frame that is not JSON, or a reply cut short.
     """
-    state = _QwenState(credential)
+    state = _QwenState(credential, StreamDrift(drift))
     for data in payloads:
         frame = parse_frame(data)
         yield from _frame_deltas(frame, state)
     if not state.finished:
         raise upstream_error("The upstream closed the stream before the reply finished.", code="upstream_truncated")
+    if not state.saw_content:
+        state.drift.note(EMPTY_REPLY)
     yield Delta(usage=_total_usage(state))
 
 
@@ -193,29 +207,55 @@ def _frame_deltas(frame: dict, state: _QwenState) -> Iterator[Delta]:
         yield Delta(heartbeat=True)
         return
     if "response.created" in frame:
-        response_id = as_dict(frame["response.created"]).get("response_id")
-        if isinstance(response_id, str) and response_id:
-            yield Delta(response_id=response_id)  # what a later turn names as its parent
+        yield from _created(as_dict(frame["response.created"]), state)
         return
+    if not _of_kept_candidate(frame, state):
+        return
+    for key in frame.keys() - KNOWN_FRAME_KEYS:
+        state.drift.note(UNKNOWN_KEY, key=key)
     choices = frame.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return  # keep-alives and other bookkeeping frames.
     delta = choices[0].get("delta")
     if not isinstance(delta, dict) or delta.get("role") == "function":
         return  # built-in tool frames (web_search results) are never content.
+    for key in delta.keys() - KNOWN_DELTA_KEYS:
+        state.drift.note(UNKNOWN_KEY, key=f"delta.{key}")
     _track_usage(frame.get("usage"), state)
     yield from _phase_deltas(delta, state)
+
+
+def _created(created: dict, state: _QwenState) -> Iterator[Delta]:
+    """The first reply opened is the one relayed; the upstream sometimes opens a second candidate."""
+    response_id = created.get("response_id")
+    if not isinstance(response_id, str) or not response_id:
+        return
+    if not state.kept_id:
+        state.kept_id = response_id
+        yield Delta(response_id=response_id)  # what a later turn names as its parent
+    elif response_id != state.kept_id and response_id not in state.dropped_ids:
+        state.dropped_ids.add(response_id)
+        state.drift.note(DROPPED_CANDIDATE, response_index=str(created.get("response_index", "")))
+
+
+def _of_kept_candidate(frame: dict, state: _QwenState) -> bool:
+    """False for frames of another candidate answer: relaying both would mix them letter by letter."""
+    response_id = frame.get("response_id")
+    return not (state.kept_id and isinstance(response_id, str) and response_id and response_id != state.kept_id)
 
 
 def _phase_deltas(delta: dict, state: _QwenState) -> Iterator[Delta]:
     phase, status = delta.get("phase"), delta.get("status")
     content = delta.get("content") if isinstance(delta.get("content"), str) else ""
+    if phase not in KNOWN_PHASES:
+        state.drift.note(UNKNOWN_PHASE, phase=phase)
     if phase == "answer" or (phase is None and content):
         state.saw_reply = True
         state.finished = status == "finished"
         if status == "finished":
             _close_round(state)
         if content:
+            state.saw_content = True
             yield Delta(content=content)
         return
     if status == "typing" or content:
@@ -255,8 +295,11 @@ def _close_round(state: _QwenState) -> None:
 
 
 def _total_usage(state: _QwenState) -> dict:
-    """Add up the last usage of each answer round (Qwen restarts counting per round)."""
+    """Add up the last usage of each answer round: counters are cumulative within a round (the
+    latest replaces the earlier ones) and restart in the next (a web search's second round)."""
     rounds = state.closed_rounds + ([state.round_usage] if state.round_usage else [])
+    if any(as_int(r.get("output_tokens")) == 0 for r in rounds):
+        state.drift.note(ZERO_OUTPUT_ROUND)
     prompt = sum(as_int(r.get("input_tokens")) for r in rounds)
     completion = sum(as_int(r.get("output_tokens")) for r in rounds)
     reasoning = sum(as_int(as_dict(r.get("output_tokens_details")).get("reasoning_tokens")) for r in rounds)

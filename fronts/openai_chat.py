@@ -19,7 +19,7 @@ from fronts.openai_render import (
     iter_stream_body,
     stream_response,
 )
-from pipeline import start_reply
+from pipeline import start_reply, start_stream
 from provider_loader import Provider
 from routing import find_provider, resolve_provider, sorted_providers
 
@@ -49,11 +49,15 @@ def chat_completions() -> Response:
     chat_request = parse_chat_request(json_body())
     provider = resolve_provider(scope.registry, scope.models, chat_request.provider, chat_request.model)
     meta = CompletionMeta.new(chat_request.model)
-    deltas = start_reply(scope, provider, chat_request)
-    deltas = iter_reasoning_format(deltas, current_app.config["REASONING_FORMAT"])
+    reasoning_format = current_app.config["REASONING_FORMAT"]
     if chat_request.stream:
-        return stream_response(iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact))
-    return jsonify(completion_from_deltas(deltas, meta))
+        deltas = start_stream(scope, provider, chat_request, current_app.config["KEEPALIVE_SECONDS"])
+        body = iter_stream_body(
+            iter_reasoning_format(deltas, reasoning_format), meta, chat_request.include_usage, scope.redact
+        )
+        return stream_response(body)
+    deltas = start_reply(scope, provider, chat_request)
+    return jsonify(completion_from_deltas(iter_reasoning_format(deltas, reasoning_format), meta))
 
 
 def list_models() -> Response:

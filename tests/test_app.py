@@ -7,6 +7,7 @@ import json
 import openai
 import pytest
 
+import drift
 from app import create_app
 from tests.conftest import SHIPPED_QWEN, TOKEN, copy_provider
 from tests.fake_qwen import UPSTREAM_ONLY_MODEL
@@ -41,7 +42,13 @@ def test_health_reports_providers_without_secret_values(client):
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "ok"
-    assert body["providers"]["qwen"] == {"loaded": True, "credentials_set": True, "missing_variables": []}
+    no_drift = {"counts": dict.fromkeys(drift.KINDS, 0), "last": None}
+    assert body["providers"]["qwen"] == {
+        "loaded": True,
+        "credentials_set": True,
+        "missing_variables": [],
+        "drift": no_drift,
+    }
     assert TOKEN not in response.get_data(as_text=True)
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_SERVICE = {"tests", "bench"}
 MAX_LINES = 500
 HTTP_LIBRARIES = {"requests", "urllib3", "http", "httpx", "aiohttp", "socket", "flask", "werkzeug", "gevent"}
-PURE_MODULES = {"converters", "streaming", "redaction", "placeholders", "dialects"}
+PURE_MODULES = {"converters", "streaming", "redaction", "placeholders", "drift", "keepalive", "dialects"}
 UPSTREAM_CLIENT = "upstream"
 WEB_LAYER = {"app", "fronts"}  # the only code that may touch Flask and its request globals
 

@@ -354,3 +354,52 @@ def test_iter_sse_bytes_parses_back():
     wire = b"".join(iter_sse_bytes(objs))
     assert wire.endswith(b"data: [DONE]\n\n")
     assert [json.loads(d) for d in iter_data(iter_sse_events([wire]))] == objs
+
+
+# --- events without blank lines ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stream", "datas"),
+    [
+        (b'data: {"a":1}\ndata: {"b":2}\ndata: {"c":3}\n', ['{"a":1}', '{"b":2}', '{"c":3}']),
+        (b'data: {"a":1}\ndata: {"b":2}\n\n', ['{"a":1}', '{"b":2}']),
+        (b'data: {"a":1}\ndata: [DONE]\n', ['{"a":1}']),
+        (b'data: {"a":1}\r\ndata: {"b":2}\r\n', ['{"a":1}', '{"b":2}']),
+        # Spec behaviour where a line does not stand alone: the event stays joined.
+        (b'data: {"a":\ndata: 1}\n\n', ['{"a":\n1}']),
+        (b'data: {"a":1}\ndata: not json\n\n', ['{"a":1}\nnot json']),
+        (b"data: a\ndata: b\n\n", ["a\nb"]),
+        (b"data: [1]\ndata: [2]\n\n", ["[1]\n[2]"]),
+        # A blank line ends the split run: the next event is judged afresh.
+        (b'data: {"a":1}\ndata: {"b":2}\n\ndata: x\ndata: {"c":3}\n\n', ['{"a":1}', '{"b":2}', 'x\n{"c":3}']),
+    ],
+    ids=[
+        "no-blank-lines",
+        "blank-at-end",
+        "done-line",
+        "crlf",
+        "multi-line-json",
+        "bad-second-line",
+        "plain-text",
+        "arrays-are-not-events",
+        "blank-line-resets",
+    ],
+)
+def test_events_without_blank_lines_are_one_event_per_line(stream, datas):
+    assert list(iter_data(iter_sse_events([stream]))) == datas
+
+
+def test_events_without_blank_lines_stream_as_they_arrive():
+    # Each event is dispatched when the next data line completes: nothing waits for the end.
+    pulled = []
+
+    def lines():
+        for n in range(3):
+            pulled.append(n)
+            yield f'data: {{"n":{n}}}\n'.encode()
+
+    events = iter_sse_events(lines())
+    assert next(events).data == '{"n":0}'
+    assert pulled == [0, 1]  # dispatched once the second line completed, not at the end
+    assert [e.data for e in events] == ['{"n":1}', '{"n":2}']
