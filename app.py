@@ -225,17 +225,23 @@ def exposure_warning(host: str, api_keys: tuple[str, ...] | str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python app.py``: gunicorn with gevent workers; ``--debug`` for Flask's reloading dev server."""
+    """``python app.py``: gunicorn with gevent workers; ``--debug`` for Flask's reloading dev server;
+    ``check [PROVIDER]`` for one tiny real chat through each configured provider."""
+    args = sys.argv[1:] if argv is None else argv
     # .env is read by create_app in each worker (and re-read when it changes), not copied
     # into the environment, so real environment variables keep winning over it.
     settings = load_settings()
     logging.basicConfig(level=settings["LOG_LEVEL"].upper(), format=LOG_FORMAT)
     # urllib3's own DEBUG lines print full request lines, query strings (and secrets in them) included.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
+    if args[:1] == ["check"]:
+        import probe  # only the command needs it, never a worker
+
+        sys.exit(probe.main(args[1:], settings))
     warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:
         log.warning(warning)
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     if debug or sys.platform == "win32":
         if not debug:
             log.warning("gunicorn does not run on Windows: serving with Flask's threaded development server")

@@ -91,13 +91,17 @@ def start_stream(
 
 
 def open_reply(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]:
-    dialect = DIALECTS[provider.dialect]
-    # Checked once, before anything is sent upstream.
-    plan = dialect.prepare(chat_request, provider.message_mode == "history")
-    exchange = Exchange(scope, provider, dialect, chat_request, plan, time.time(), scope.variables(provider))
+    exchange = new_exchange(scope, provider, chat_request)
     for step in STEPS_BEFORE_COMPLETION:
         step(exchange)
     return completion(exchange)
+
+
+def new_exchange(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Exchange:
+    dialect = DIALECTS[provider.dialect]
+    # Checked once, before anything is sent upstream.
+    plan = dialect.prepare(chat_request, provider.message_mode == "history")
+    return Exchange(scope, provider, dialect, chat_request, plan, time.time(), scope.variables(provider))
 
 
 def create_chat(exchange: Exchange) -> None:
