@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 import fronts
 from converters import ApiError
+from fronts.http import request_scope
 from services import Services
 from settings import load_settings, split_list
 
@@ -55,10 +56,6 @@ def _configure_logging(level: str) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         log.addHandler(handler)
-
-
-def _services() -> Services:
-    return current_app.extensions["reverse_api"]
 
 
 # --- hooks ---------------------------------------------------------------------------------
@@ -157,7 +154,7 @@ def _add_cors_headers(response: Response) -> Response:
 
 
 def render_api_error(error: ApiError) -> Response:
-    redact = _services().scope().redact
+    redact = request_scope().redact  # the request's own, when it got that far
     return fronts.front_for(request.path).error_response(error, redact)
 
 
@@ -193,7 +190,7 @@ def health() -> Response:
 
     "ok" when every folder loaded and at least one provider has its credentials.
     """
-    scope = _services().scope()
+    scope = request_scope()
     providers: dict[str, dict] = {}
     for name, provider in scope.registry.providers.items():
         found = scope.variables(provider)

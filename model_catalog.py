@@ -10,9 +10,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
+from converters import ApiError
 from provider_loader import Provider, merge_model_ids
 
 FAILED_REFRESH_RETRY_SECONDS = 60.0
+# Failures whose messages this service wrote itself (no upstream text in them): safe to log whole.
+OWN_MESSAGES = (ApiError, ValueError, TimeoutError)
 
 log = logging.getLogger("reverse_api")
 
@@ -65,9 +68,17 @@ class ModelCatalog:
         try:
             ids, ttl = fetcher(provider), self.ttl
         except Exception as exc:  # a failure keeps the last good list (or just the folder's)
-            log.warning("models of %s not refreshed: %s", provider.name, type(exc).__name__)
+            log.warning("models of %s not refreshed: %s", provider.name, _describe(exc))
             ids, ttl = self._cached(provider.name), min(self.ttl, FAILED_REFRESH_RETRY_SECONDS)
         self._cache[provider.name] = (time.monotonic() + ttl, ids)
         with self._lock:
             self._pending.pop(provider.name, None)
         return ids
+
+
+def _describe(failure: Exception) -> str:
+    if isinstance(failure, ApiError):
+        return f"{failure.code}: {failure.message}"
+    if isinstance(failure, OWN_MESSAGES):
+        return f"{type(failure).__name__}: {str(failure)[:200]}"
+    return type(failure).__name__

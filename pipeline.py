@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from converters import ApiError, ChatRequest, Delta, copy_json, dig, upstream_error
@@ -48,7 +48,6 @@ class Exchange:
     now: float
     environment: dict[str, str]
     chat_id: str = ""
-    found: dict[str, Any] = field(default_factory=dict)  # values earlier steps read from their answers
 
     def values(self) -> dict[str, Any]:
         """Environment variables plus the per-request values placeholders may use (a fresh uuid each call)."""
@@ -196,7 +195,9 @@ def fetch_model_ids(upstream: UpstreamClient, provider: Provider, environment: d
     headers = fill_headers(provider.request.headers, values, provider.optional_variables | {"chat_id"})
     url = provider.base_url + fill_placeholders(endpoint["path"], values)
     with upstream.send(provider.name, endpoint["method"], url, headers, timeout=timeout) as reply:
-        if reply.status >= 300:
+        if 300 <= reply.status < 400:
+            raise ValueError(f"the models endpoint answered HTTP {reply.status}, a redirect, which is not followed")
+        if reply.status >= 400:
             raise ValueError(f"the models endpoint answered HTTP {reply.status}")
         return ids_from_models_answer(json.loads(reply.read_within(timeout, MODELS_BODY_BYTES)), endpoint)
 

@@ -1,7 +1,7 @@
 """Provider folders: metadata.json, header.txt and payload.json into validated Provider objects.
 
-Also picks the provider for a model and fills ``${NAME}`` placeholders at request time. It is the
-entry of ``python provider_loader.py import NAME FILE``, which the ``importer`` package carries out.
+Also merges the models a folder lists with its upstream's. It is the entry of
+``python provider_loader.py import NAME FILE``, which the ``importer`` package carries out.
 """
 
 from __future__ import annotations
@@ -137,9 +137,6 @@ class Provider:
             names |= set(env_names_in(self.create_chat_body))
         return tuple(sorted(names))
 
-    def claims(self, model: str) -> bool:
-        return model in self.models or self.matches_pattern(model)
-
     def matches_pattern(self, model: str) -> bool:
         lowered = model.lower()
         return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in self.patterns)
@@ -205,18 +202,6 @@ def load_providers(providers_dir: Path) -> Registry:
             # Named from the providers folder: /health is open and need not show server paths.
             errors[folder.name] = str(exc).replace(str(providers_dir) + os.sep, "")
     return Registry(providers, errors)
-
-
-def determine_provider(providers: Mapping[str, Provider], model: str) -> Provider | None:
-    """Pick the provider for a model: explicit model lists first, then patterns; ties alphabetical."""
-    ordered = [providers[name] for name in sorted(providers)]
-    for provider in ordered:
-        if model in provider.models:
-            return provider
-    for provider in ordered:
-        if provider.matches_pattern(model):
-            return provider
-    return None
 
 
 def ids_from_models_answer(data: Any, endpoint: Mapping[str, str]) -> list[str]:

@@ -7,7 +7,9 @@ import re
 from collections.abc import Iterable, Mapping
 
 REDACTED = "[redacted]"
-# Header names that carry credentials; the importer moves such headers out of captures too.
+# Header names that carry credentials; the importer moves such headers out of captures too. bx-*
+# are Alibaba's anti-bot headers (Qwen and other Alibaba sites): secret whatever the dialect, so
+# they stay here rather than in the qwen dialect's hints.
 SECRET_HEADER = re.compile(r"^(authorization|cookie|bx-)|token|secret|key|session|auth|sign", re.IGNORECASE)
 # Shorter values ("null", "test", "1700") would blank ordinary words and break JSON being relayed;
 # real credentials are far longer.

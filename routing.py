@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from converters import ApiError
 from model_catalog import ModelCatalog
-from provider_loader import Provider, Registry, determine_provider, is_plain_name
+from provider_loader import Provider, Registry, is_plain_name
 
 
 def sorted_providers(registry: Registry) -> list[Provider]:
     return [registry.providers[name] for name in sorted(registry.providers)]
+
+
+def determine_provider(providers: Mapping[str, Provider], model: str) -> Provider | None:
+    """Pick the provider for a model: explicit model lists first, then patterns; ties alphabetical."""
+    ordered = [providers[name] for name in sorted(providers)]
+    for provider in ordered:
+        if model in provider.models:
+            return provider
+    for provider in ordered:
+        if provider.matches_pattern(model):
+            return provider
+    return None
 
 
 def find_provider(registry: Registry, models: ModelCatalog, model: str) -> Provider | None:

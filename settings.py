@@ -96,6 +96,11 @@ def read_variables(names: Iterable[str], file_values: Mapping[str, str]) -> dict
     return found
 
 
+def ca_bundle() -> str | None:
+    """The CA bundle requests and curl users name in the environment, if any."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 def env_file_path(overrides: Mapping[str, Any] | None = None) -> str | Path | None:
     """The .env to read: an explicit ENV_FILE, then the environment's, then the one beside app.py."""
     return (overrides or {}).get("ENV_FILE", os.environ.get("ENV_FILE", DEFAULT_ENV_FILE))

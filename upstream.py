@@ -7,7 +7,6 @@ no redirects followed, no cookies kept, an explicit timeout, and transport failu
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from converters import ApiError, upstream_error
+from settings import ca_bundle
 
 READ_CHUNK = 64 * 1024
 ERROR_BODY_BYTES = 64 * 1024
@@ -38,7 +38,7 @@ class UpstreamClient:
         # Proxy and CA settings are read once here, not from the environment on every request
         # (requests' per-request lookup was a sixth of the service's CPU per request).
         self._proxies = requests.utils.get_environ_proxies("https://upstream.invalid") or {}
-        self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._verify = ca_bundle() or True
 
     def send(
         self, pool: str, method: str, url: str, headers: dict, payload: Any = None, timeout: float | None = None

@@ -1,6 +1,6 @@
 """The ``qwen`` dialect: chat.qwen.ai's v2 web API, from payload to stream frames and error answers.
 
-Upstream quirks are commented where they are handled; see README "Providers" for the wire format.
+Upstream quirks are commented where they are handled; README "Dialects" says what each part does.
 """
 
 from __future__ import annotations

@@ -8,12 +8,19 @@ from typing import Any
 from flask import current_app, g, request
 
 from converters import ApiError
-from services import RequestScope
+from services import RequestScope, Services
+
+
+def services() -> Services:
+    """The app's services: the one place a front looks them up."""
+    return current_app.extensions["reverse_api"]
 
 
 def request_scope() -> RequestScope:
-    """The services as this request sees them, read once."""
-    return current_app.extensions["reverse_api"].scope(g.get("request_id", ""))
+    """The services as this request sees them, read once (the error handler reuses it)."""
+    if "scope" not in g:
+        g.scope = services().scope(g.get("request_id", ""))
+    return g.scope
 
 
 def json_body() -> Any:

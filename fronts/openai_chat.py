@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 from converters import ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_reasoning_format
-from fronts.http import json_body, request_scope
+from fronts.http import json_body, request_scope, services
 from fronts.openai_render import (
     CompletionMeta,
     completion_from_deltas,
@@ -61,16 +61,16 @@ def chat_completions() -> Response:
 
 
 def list_models() -> Response:
-    services = current_app.extensions["reverse_api"]
-    providers = sorted_providers(services.current())
-    ids = services.models.ids(providers, services.fetch_model_ids)
+    scope = request_scope()
+    providers = sorted_providers(scope.registry)
+    ids = scope.models.ids(providers, services().fetch_model_ids)
     data = [model_object(model, provider) for provider in providers for model in ids[provider.name]]
     return jsonify({"object": "list", "data": data})
 
 
 def retrieve_model(model_id: str) -> Response:
-    services = current_app.extensions["reverse_api"]
-    provider = find_provider(services.current(), services.models, model_id)
+    scope = request_scope()
+    provider = find_provider(scope.registry, scope.models, model_id)
     if provider is None:
         raise ApiError(f"The model '{model_id}' does not exist.", status=404, param="model", code="model_not_found")
     return jsonify(model_object(model_id, provider))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from importer.folder import ImportResult, import_capture
 from provider_loader import ProviderError, default_providers_dir
-from settings import EnvFile, env_file_path, lookup
+from settings import DEFAULT_ENV_FILE, EnvFile, env_file_path, lookup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("file", type=Path, help='a "Copy as cURL (bash)" command saved to a file, or a .har file')
     command.add_argument("--match", help="in a HAR file, the request whose URL contains this text")
     command.add_argument("--force", action="store_true", help="overwrite the folder and existing .env variables")
-    env_file = Path(env_file_path())
+    # ENV_FILE set empty means "no .env" to the service; the importer still needs a file to write.
+    env_file = Path(env_file_path() or DEFAULT_ENV_FILE)
     # The folder the service reads: PROVIDERS_DIR as the service sees it (environment, then .env).
     providers_dir = lookup("PROVIDERS_DIR", EnvFile(env_file).values()) or default_providers_dir()
     command.add_argument("--providers-dir", type=Path, default=Path(providers_dir))

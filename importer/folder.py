@@ -72,6 +72,8 @@ def import_capture(
     files = _folder_files(chat.method, _fresh_path(path, fresh_ids, store), headers, body, metadata)
     if not env_file.parent.is_dir():
         raise ProviderError(f"{env_file.parent}: folder for the .env file does not exist")
+    if env_file.is_dir():
+        raise ProviderError(f"{env_file}: is a folder, not a .env file")
     _write_folder(folder, files)
     result.variables_written, result.variables_kept = write_env_values(env_file, store.values, force)
     result.notes = _import_notes(dialect, body) + _url_credential_note(url)

@@ -34,7 +34,7 @@ from tests.fake_openai import (
     error_reply,
 )
 from tests.fake_qwen import UPSTREAM_ONLY_MODEL as QWEN_UPSTREAM_ONLY
-from tests.fake_qwen import Reply, ServerThread, json_reply, serving
+from tests.fake_qwen import FakeQwen, Reply, ServerThread, json_reply, serving
 
 SHIPPED_OPENAI = ROOT / "porviders" / "openai"
 OPENAI_KEY = "sk-test-openai-k3y-value"
@@ -581,6 +581,18 @@ def test_models_failing_upstream_serves_the_folder_list(client, fake_qwen, provi
     fake_qwen.models_reply = reply
     assert model_ids(client) == folder_models(providers_dir)
     assert models_gets(fake_qwen) == 1
+
+
+def test_models_redirect_is_not_followed_and_credentials_stay_home(client, fake_qwen, providers_dir, caplog):
+    elsewhere = FakeQwen()
+    with serving(elsewhere):
+        target = elsewhere.url + "/api/models"
+        fake_qwen.models_reply = Reply(
+            chunks=[b""], status=302, content_type="text/plain", headers={"Location": target}
+        )
+        assert model_ids(client) == folder_models(providers_dir)
+    assert elsewhere.requests == []  # the Bearer token never went to the redirect's host
+    assert "HTTP 302, a redirect, which is not followed" in caplog.text
 
 
 def test_models_refused_connection_serves_the_folder_list(tmp_path, qwen_token):

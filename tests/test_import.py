@@ -20,6 +20,7 @@ import openai
 import pytest
 from dotenv import dotenv_values
 
+import importer.folder as folder_module
 import provider_loader
 import services
 from app import create_app
@@ -27,6 +28,7 @@ from importer.capture import Capture, parse_curl, parse_har, split_shell_words
 from importer.folder import detect_dialect, import_capture, write_env_values
 from placeholders import fill_headers, fill_placeholders
 from provider_loader import Provider, ProviderError, parse_header_text
+from settings import DEFAULT_ENV_FILE
 from tests.conftest import ROOT
 from tests.fake_qwen import CHAT_ID, ServerThread
 
@@ -791,6 +793,28 @@ def test_import_moves_every_secret_out_of_the_folder(paths, capsys):
     }
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert capsys.readouterr().err == ""
+
+
+def test_import_with_env_file_set_empty_writes_the_default_env_file(paths, capsys, monkeypatch):
+    # ENV_FILE="" means "no .env" to the service; the importer still writes the one beside app.py.
+    providers, _, captures = paths
+    capture = write(captures / "qwen.sh", chrome_qwen())
+    written = []
+    monkeypatch.setenv("ENV_FILE", "")
+    monkeypatch.setattr(folder_module, "write_env_values", lambda path, values, force: written.append(path) or ([], []))
+    assert run_import(capsys, "qwen2", str(capture), "--providers-dir", str(providers))[0] == 0
+    assert written == [DEFAULT_ENV_FILE]
+
+
+def test_import_refuses_an_env_file_that_is_a_folder_before_writing_anything(paths, capsys):
+    providers, _, captures = paths
+    capture = write(captures / "qwen.sh", chrome_qwen())
+    code, out, err = run_import(
+        capsys, "qwen2", str(capture), "--providers-dir", str(providers), "--env-file", str(captures)
+    )
+    assert (code, out) == (1, "")
+    assert err == f"error: {captures}: is a folder, not a .env file\n"
+    assert not (providers / "qwen2").exists()
 
 
 def test_import_firefox_capture(paths):

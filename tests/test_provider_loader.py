@@ -17,11 +17,11 @@ from provider_loader import (
     Provider,
     ProviderError,
     default_providers_dir,
-    determine_provider,
     is_plain_name,
     load_providers,
     parse_header_text,
 )
+from routing import determine_provider
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_QWEN = ROOT / "porviders" / "qwen"
