@@ -55,9 +55,14 @@ def _read(produce: Callable[[], Iterator[Delta]], handoff: queue.Queue, stop: th
     deltas = None
     try:
         deltas = produce()
+        waiting_for_first = True
         for delta in deltas:
             if not _offer(handoff, stop, ("delta", delta)):
                 return
+            if waiting_for_first and not (delta.heartbeat or delta.is_notice):
+                # Let the writer send the first words now rather than after the rest of this read.
+                time.sleep(0)
+                waiting_for_first = False
         _offer(handoff, stop, ("end", None))
     except BaseException as exc:  # an ApiError above all: raised again where the stream is written
         _offer(handoff, stop, ("error", exc))
