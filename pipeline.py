@@ -63,7 +63,12 @@ class Exchange:
 def request_values(environment: dict[str, str], model: str, chat_id: str, now: float) -> dict[str, Any]:
     values: dict[str, Any] = dict(environment)
     values.update(
-        chat_id=chat_id, uuid=str(uuid.uuid4()), timestamp=int(now), timestamp_ms=int(now * 1000), model=model
+        chat_id=chat_id,
+        uuid=str(uuid.uuid4()),
+        timestamp=int(now),
+        timestamp_ms=int(now * 1000),
+        model=model,
+        dollar="$",
     )
     return values
 
@@ -158,7 +163,7 @@ def iter_upstream_deltas(exchange: Exchange, reply: UpstreamReply) -> Iterator[D
         yield from exchange.dialect.iter_deltas(events, exchange.credential, drift)
     except SseLineTooLong as exc:
         raise upstream_error(f"The upstream sent {exc}.") from None
-    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+    except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as exc:
         # A frame of an unexpected shape: the upstream's fault, never a 500.
         raise upstream_error(f"The upstream sent an event this service cannot read ({type(exc).__name__}).") from None
     finally:

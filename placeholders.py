@@ -10,9 +10,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ``${dollar}`` fills to a literal "$": how the importer keeps a captured "${...}" from going live.
+LITERAL_DOLLAR = "${dollar}"
 # Upper-case names come from the environment; lower-case ones are filled per request.
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model"})
+REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model", "dollar"})
 
 
 class MissingVariables(Exception):
@@ -67,6 +69,11 @@ def _fill_string(text: str, variables: Mapping[str, Any], missing: list[str]) ->
         return str(found)
 
     return PLACEHOLDER.sub(replace, text)
+
+
+def escape_placeholders(text: str) -> str:
+    """Text that fills to itself: every ``${`` in it written as ``${dollar}{``."""
+    return text.replace("${", LITERAL_DOLLAR + "{")
 
 
 def fill_headers(

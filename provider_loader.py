@@ -42,6 +42,7 @@ KNOWN_METADATA_KEYS = frozenset(
         "create_chat",
         "message_mode",
         "models_endpoint",
+        "extra_variables",
     }
 )
 KNOWN_MODELS_ENDPOINT_KEYS = frozenset({"method", "path", "list_field", "id_field"})
@@ -49,6 +50,7 @@ KNOWN_CREATE_CHAT_KEYS = frozenset({"method", "path", "headers", "body", "id_fie
 
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+MAX_JSON_DEPTH = 64  # far past any real capture, far below Python's recursion limit
 REQUEST_LINE = re.compile(r"^([A-Z]+) (/\S*) HTTP/[0-9.]+$")
 
 
@@ -96,7 +98,7 @@ class Provider:
         payload = _read_json(folder, PAYLOAD_FILE)
         create_chat = metadata.get("create_chat")
         _check_request_values(folder, request, payload, create_chat)
-        return cls(
+        provider = cls(
             name=folder.name,
             host=_required_str(folder, metadata, "host"),
             scheme=_scheme(folder, metadata),
@@ -114,6 +116,8 @@ class Provider:
             message_mode=_message_mode(folder, metadata),
             models_endpoint=_models_endpoint(folder, metadata.get("models_endpoint")),
         )
+        _check_variable_names(folder, provider.variable_names(), _str_tuple(folder, metadata, "extra_variables"))
+        return provider
 
     @property
     def base_url(self) -> str:
@@ -254,9 +258,27 @@ def _read_json(folder: Path, name: str) -> dict:
         value = json.loads(_read_text(folder, name))
     except json.JSONDecodeError as exc:
         raise ProviderError(f"{folder / name}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except RecursionError:
+        raise ProviderError(f"{folder / name}: nested too deeply to read") from None
     if not isinstance(value, dict):
         raise ProviderError(f"{folder / name}: expected a JSON object")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        # Filling and copying walk the template recursively: refuse it here, not in a request.
+        raise ProviderError(f"{folder / name}: nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests (a scalar is 0), without recursing."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            todo.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            todo.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _check_keys(path: Path, data: dict, known: frozenset[str]) -> None:
@@ -349,6 +371,24 @@ def _create_chat_request(folder: Path, spec: Any) -> CapturedRequest | None:
     if not isinstance(spec.get("body", {}), dict):
         raise ProviderError(f"{source}: 'body' must be a JSON object")
     return CapturedRequest(str(method).upper(), path, tuple(headers.items()))
+
+
+def variable_prefix(name: str) -> str:
+    """NAME for a folder's own ${NAME_...} variables: upper case, never starting with a digit."""
+    prefix = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "PROVIDER"
+    return f"PROVIDER_{prefix}" if prefix[0].isdigit() else prefix
+
+
+def _check_variable_names(folder: Path, names: list[str], extra: tuple[str, ...]) -> None:
+    """A folder names only its own variables (NAME_*) and those it lists under ``extra_variables``,
+    so an imported or copied folder cannot send another provider's key to its own host."""
+    prefix = variable_prefix(folder.name) + "_"
+    foreign = sorted(name for name in names if not name.startswith(prefix) and name not in extra)
+    if foreign:
+        raise ProviderError(
+            f"{folder / METADATA_FILE}: ${{{foreign[0]}}} is not this folder's variable: name it {prefix}... "
+            "or list it under extra_variables"
+        )
 
 
 def _check_request_values(folder: Path, request: CapturedRequest, payload: dict, create_chat: Any) -> None:

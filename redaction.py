@@ -10,7 +10,10 @@ REDACTED = "[redacted]"
 # Header names that carry credentials; the importer moves such headers out of captures too. bx-*
 # are Alibaba's anti-bot headers (Qwen and other Alibaba sites): secret whatever the dialect, so
 # they stay here rather than in the qwen dialect's hints.
-SECRET_HEADER = re.compile(r"^(authorization|cookie|bx-)|token|secret|key|session|auth|sign", re.IGNORECASE)
+SECRET_HEADER = re.compile(
+    r"^(authorization|bx-)|cookie|token|secret|key|session|auth|sign|jwt|passw|pwd|credential|(^|[-_])sig($|[-_])",
+    re.IGNORECASE,
+)
 # Shorter values ("null", "test", "1700") would blank ordinary words and break JSON being relayed;
 # real credentials are far longer.
 MIN_SECRET_LENGTH = 8

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 DONE = b"data: [DONE]\n\n"
 KEEP_ALIVE = b": keep-alive\n\n"
 MAX_LINE_BYTES = 16 * 1024 * 1024
+# One event's data, all its lines together: an upstream that never sends a blank line must not
+# grow one event without bound (a few MB of gzip once took a worker past 1.6 GB).
+MAX_EVENT_BYTES = MAX_LINE_BYTES
 
 
 class SseLineTooLong(Exception):
-    """A line grew past MAX_LINE_BYTES without ending."""
+    """A line, or one event's data, grew past its limit (MAX_LINE_BYTES, MAX_EVENT_BYTES)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Itera
     # A last line with no line break was cut short; the SSE spec discards it.
 
 
-def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
+def iter_sse_events(chunks: Iterable[bytes], max_event: int = MAX_EVENT_BYTES) -> Iterator[SseEvent]:
     """Parse spec SSE: join multi-line data with LF, skip comments, dispatch on blank lines.
 
     One exception to the spec: an upstream that writes a whole JSON event on every ``data:``
@@ -59,6 +62,7 @@ def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
     be parsed; while each line of an event stands alone, each is dispatched as it completes.
     """
     data: list[str] = []
+    data_size = 0
     event = event_id = ""
     lines_stand_alone = False  # every data line of the pending event is a whole JSON value
     for raw in iter_lines(chunks):
@@ -67,7 +71,7 @@ def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
         if not line:
             if data:
                 yield SseEvent("\n".join(data), event, event_id)
-            data, event, lines_stand_alone = [], "", False
+            data, data_size, event, lines_stand_alone = [], 0, "", False
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
@@ -75,10 +79,13 @@ def iter_sse_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
             # Checked only when a second line arrives, so ordinary streams parse nothing here.
             if len(data) == 1 and (lines_stand_alone or _stands_alone(data[0])) and _stands_alone(value):
                 yield SseEvent(data[0], event, event_id)
-                data, lines_stand_alone = [], True
+                data, data_size, lines_stand_alone = [], 0, True
             elif data:
                 lines_stand_alone = False
             data.append(value)
+            data_size += len(raw)  # bytes on the wire, whatever the characters
+            if data_size > max_event:
+                raise SseLineTooLong(f"an event larger than {max_event} bytes")
         elif name == "event":
             event = value
         elif name == "id" and "\0" not in value:

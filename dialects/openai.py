@@ -75,7 +75,7 @@ def read_error(answer: UpstreamAnswer, credential: str) -> ApiError:
     status, body = answer.status, answer.body
     try:
         error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         error = None
     if status in (401, 403):
         reason = error.get("message", "") if isinstance(error, dict) else f"HTTP {status}"

@@ -189,7 +189,7 @@ def parse_frame(data: str) -> dict:
     """One SSE data payload as a JSON object, or a 502 quoting the start of it."""
     try:
         frame = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than Python recurses: unreadable too
         raise upstream_error(f"The upstream sent an unreadable event: {data[:ERROR_BODY_LIMIT]!r}") from None
     if not isinstance(frame, dict):
         raise upstream_error(f"The upstream sent an unexpected event: {data[:ERROR_BODY_LIMIT]!r}")
@@ -342,7 +342,7 @@ def error_from_upstream(
         return _browser_check_error()  # a web page where the API should answer: a login or check page
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict) and data.get("success") is False:
         return error_from_envelope(data, credential, retry_after)

@@ -182,8 +182,11 @@ def _capture_from_curl_options(url: str, found: dict[str, list[str]]) -> Capture
 
 def _split_header(line: str) -> tuple[str, str]:
     name, sep, value = line.partition(":")
-    if not sep or not HEADER_NAME.fullmatch(name.strip()) or "\n" in value or "\r" in value:
-        raise ProviderError(f"capture: malformed header {line[:80]!r}")
+    # Named, never quoted: the value may be a cookie or a token.
+    if not sep or not HEADER_NAME.fullmatch(name.strip()):
+        raise ProviderError("capture: malformed header line (not 'Name: value')")
+    if "\n" in value or "\r" in value:
+        raise ProviderError(f"capture: malformed header {name.strip()}: its value has a line break")
     return name.strip(), value.strip()
 
 
@@ -195,7 +198,7 @@ def parse_har(text: str, match: str | None = None) -> tuple[Capture, Capture | N
     """
     try:
         entries = json.loads(text)["log"]["entries"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         entries = None
     if not isinstance(entries, list):
         raise ProviderError("capture: not a HAR file (expected a list at log.entries)")
@@ -215,7 +218,8 @@ def _har_matches(entry: dict, match: str | None) -> bool:
     response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
     content = response.get("content") if isinstance(response.get("content"), dict) else {}
     mime = str(content.get("mimeType", ""))
-    mime += " ".join(str(h.get("value", "")) for h in response.get("headers", []) if _is_content_type(h))
+    headers = response.get("headers") if isinstance(response.get("headers"), list) else []
+    mime += " ".join(str(h.get("value", "")) for h in headers if _is_content_type(h))
     return request.get("method") == "POST" and "text/event-stream" in mime
 
 

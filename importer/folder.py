@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,14 +18,26 @@ from typing import Any
 from dialects import DIALECTS
 from dialects.contract import ImportHints
 from importer.capture import Capture, parse_curl, parse_har
-from provider_loader import DROPPED_HEADERS, HEADER_FILE, METADATA_FILE, PAYLOAD_FILE, ProviderError, is_plain_name
+from placeholders import escape_placeholders
+from provider_loader import (
+    DROPPED_HEADERS,
+    HEADER_FILE,
+    MAX_JSON_DEPTH,
+    METADATA_FILE,
+    PAYLOAD_FILE,
+    ProviderError,
+    is_plain_name,
+    json_depth,
+    variable_prefix,
+)
 from redaction import SECRET_HEADER
 
 NOT_SECRET_HEADERS = frozenset({"bx-v", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"})
 URL_HEADERS = frozenset({"referer", "origin"})
 # Body fields that hold credentials: whole words of the key, so max_tokens is not one of them.
 SECRET_FIELD = re.compile(
-    r"(^|_)(key|api_?key|token|secret|password|passwd|session(_?id)?|auth|authorization|signature|sign|credential)($|_)",
+    r"(^|_)(key|api_?key|token|secret|password|passwd|pwd|passphrase|session(_?id)?|auth|authorization|signature"
+    r"|sign|sig|credentials?|jwt|cookies?)($|_)",
     re.IGNORECASE,
 )
 REQUEST_ID_HEADERS = frozenset({"x-request-id", "request-id", "x-client-request-id", "x-correlation-id"})
@@ -60,11 +73,13 @@ def import_capture(
     chat, create = _read_capture(capture_file, match)
     url = _split_url(chat.url)
     body = _json_or_none(chat.body)
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise ProviderError(f"capture: the request body is nested deeper than {MAX_JSON_DEPTH} levels")
     path = url.path + (f"?{url.query}" if url.query else "")
     dialect = detect_dialect(path, body)
     hints = DIALECTS[dialect].hints if dialect else None
     fresh_ids = bool(hints and hints.fresh_chat_ids)
-    store = SecretStore(_variable_prefix(name))
+    store = SecretStore(variable_prefix(name))
     headers, optional = _headers_for_folder(chat.headers, store, fresh_ids)
     body = _secret_fields(_without_prompt(body, hints), store)
     result = ImportResult(folder, dialect or "unknown")
@@ -112,14 +127,26 @@ def _split_url(url: str) -> urllib.parse.SplitResult:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is what raises on a malformed one
     except ValueError as exc:
-        raise ProviderError(f"capture: the URL {url[:80]!r} cannot be read ({exc})") from None
+        # The URL itself is not quoted: its query may hold a credential.
+        raise ProviderError(f"capture: the URL cannot be read ({exc})") from None
     return parts
+
+
+def _as_text(value: Any) -> Any:
+    """A captured JSON value with every string kept as text (no captured "${X}" goes live)."""
+    if isinstance(value, str):
+        return escape_placeholders(value)
+    if isinstance(value, dict):
+        return {key: _as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_text(item) for item in value]
+    return value
 
 
 def _json_or_none(text: str) -> Any:
     try:
         return json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -141,7 +168,7 @@ def _headers_for_folder(
             value = _fresh_path(value, False, store)  # a token in a Referer's query string, say
             kept.append((name, UUID.sub("${chat_id}", value) if fresh_ids else value))
         else:
-            kept.append((name, value))
+            kept.append((name, escape_placeholders(value)))  # a captured "${X}" must stay text
     return kept, optional
 
 
@@ -157,7 +184,10 @@ def _secret_placeholder(name: str, value: str, store: SecretStore, optional: lis
 
 
 def _secret_fields(body: Any, store: SecretStore) -> Any:
-    """The captured body with credential-like string fields (api_key, token, password...) moved out."""
+    """The captured body with credential-like string fields (api_key, token, password...) moved out,
+    and every other string kept as text (a captured "${X}" never becomes a placeholder)."""
+    if isinstance(body, str):
+        return escape_placeholders(body)
     if isinstance(body, dict):
         return {key: _secret_field(key, value, store) for key, value in body.items()}
     if isinstance(body, list):
@@ -172,12 +202,6 @@ def _secret_field(key: str, value: Any, store: SecretStore) -> Any:
     return _secret_fields(value, store)
 
 
-def _variable_prefix(name: str) -> str:
-    """NAME for ${NAME_TOKEN}: upper case, and never starting with a digit (not a valid variable)."""
-    prefix = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "PROVIDER"
-    return f"PROVIDER_{prefix}" if prefix[0].isdigit() else prefix
-
-
 def _fresh_path(path: str, fresh_ids: bool, store: SecretStore) -> str:
     """A captured path or URL with secret query values moved to variables and a chat id made fresh."""
     base, _, query = path.partition("?")
@@ -189,8 +213,10 @@ def _fresh_path(path: str, fresh_ids: bool, store: SecretStore) -> str:
         elif value and SECRET_HEADER.search(urllib.parse.unquote(key)):
             # Kept percent-encoded, as captured: filled back in, it is sent exactly as the browser did.
             value = f"${{{store.variable(urllib.parse.unquote(key), value)}}}"
-        pairs.append(f"{key}{sep}{value}")
-    return base + ("?" + "&".join(pairs) if query else "")
+        else:
+            value = escape_placeholders(value)
+        pairs.append(f"{escape_placeholders(key)}{sep}{value}")
+    return escape_placeholders(base) + ("?" + "&".join(pairs) if query else "")
 
 
 def _metadata(
@@ -213,7 +239,12 @@ def _metadata(
         "optional_variables": optional,
     }
     if dialect:
-        created = (urllib.parse.urlsplit(create.url).path, _json_or_none(create.body)) if create else None
+        created = None
+        if create is not None:
+            created = (
+                escape_placeholders(urllib.parse.urlsplit(create.url).path),
+                _as_text(_json_or_none(create.body)),
+            )
         metadata.update(DIALECTS[dialect].hints.metadata(f"{url.scheme}://{_host(url)}", url.path, created))
     return metadata
 
@@ -251,9 +282,25 @@ def _folder_files(
 
 
 def _write_folder(folder: Path, files: dict[str, bytes]) -> None:
+    if folder.is_symlink():
+        raise ProviderError(f"{folder} is a symbolic link; the importer never writes through one")
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        (folder / name).write_bytes(data)
+        write_atomically(folder / name, data)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` whole: a fresh 0600 file beside it (created exclusively, never through a
+    symlink), then renamed over it, so a reader sees the old file or the new, never half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)  # replaces a symlink at ``path`` itself, never its target
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _without_prompt(body: Any, hints: ImportHints | None) -> Any:
@@ -295,17 +342,14 @@ def write_env_values(env_file: Path, values: Mapping[str, str], force: bool = Fa
             existing.append(line)
         written.append(name)
     if written:
-        _write_private(env_file, "\n".join(existing) + "\n")
+        try:
+            data = ("\n".join(existing) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProviderError(
+                "capture: a secret holds text that cannot be saved as UTF-8 (a lone surrogate)"
+            ) from None
+        write_atomically(env_file, data)  # only its owner can read it, and no reader sees half of it
     return written, kept
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace a file by one only its owner can read, never exposing the new text on the way."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _env_quote(value: str) -> str:

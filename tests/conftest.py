@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from app import create_app
+from placeholders import env_names_in
 from tests.fake_qwen import FakeQwen, ServerThread, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +32,21 @@ def fake_qwen(fake_qwen_server):
 
 
 def copy_provider(source: Path, target: Path, **metadata_changes) -> Path:
-    """Copy a provider folder and change keys of its metadata.json."""
+    """Copy a provider folder and change keys of its metadata.json. A copy under another name
+    keeps using the original's variables, so it lists them under extra_variables, as a user would."""
     shutil.copytree(source, target)
     metadata = json.loads((target / "metadata.json").read_text())
+    if target.name != source.name:
+        metadata["extra_variables"] = folder_variables(target)
     metadata.update(metadata_changes)
     (target / "metadata.json").write_text(json.dumps(metadata))
     return target
+
+
+def folder_variables(folder: Path) -> list[str]:
+    """Every environment variable a provider folder's files name."""
+    texts = [(folder / name).read_text() for name in ("metadata.json", "header.txt", "payload.json")]
+    return sorted(set(env_names_in(texts)))
 
 
 @pytest.fixture

@@ -42,6 +42,11 @@ GOOD_PAYLOAD = {"stream": True, "model": "${model}"}
 def write_provider(folder: Path, metadata=GOOD_METADATA, header=GOOD_HEADER, payload=GOOD_PAYLOAD) -> Path:
     """Write a provider folder; a str is written verbatim, None leaves the file out."""
     folder.mkdir(parents=True)
+    if isinstance(metadata, dict) and "extra_variables" not in metadata:
+        # Test folders have many names but share the EX_* variables: they declare them, as a user would.
+        names = env_names_in([header if isinstance(header, str) else "", payload, metadata])
+        names += metadata.get("optional_variables", [])
+        metadata = {**metadata, "extra_variables": sorted(set(names))}
     for name, content in (("metadata.json", metadata), ("header.txt", header), ("payload.json", payload)):
         if content is None:
             continue

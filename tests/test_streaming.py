@@ -403,3 +403,13 @@ def test_events_without_blank_lines_stream_as_they_arrive():
     assert next(events).data == '{"n":0}'
     assert pulled == [0, 1]  # dispatched once the second line completed, not at the end
     assert [e.data for e in events] == ['{"n":1}', '{"n":2}']
+
+
+def test_an_event_that_never_ends_is_refused_past_its_limit():
+    lines = (b"data: " + b"x" * 9 + b"\n" for _ in range(1000))  # no blank line, ever
+    with pytest.raises(SseLineTooLong, match="an event larger than 50 bytes"):
+        list(iter_sse_events(lines, max_event=50))
+
+
+def test_an_event_just_under_its_limit_is_kept():
+    assert list(iter_sse_events([b"data: abcd\ndata: efgh\n\n"], max_event=22)) == [SseEvent("abcd\nefgh")]
