@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from converters import Delta, upstream_error
 
@@ -19,16 +20,36 @@ QUEUE_SIZE = 64  # deltas read ahead of a slow client; past this the reader wait
 OFFER_RETRY_SECONDS = 0.5  # how often a waiting reader checks whether anyone still listens
 
 
-class PacedReply:
-    """Deltas produced by a reader thread; ``next_within`` gives None when nothing came in time."""
+class Abort:
+    """What to cut when nobody listens any more: the upstream replies a reader has open."""
 
-    def __init__(self, produce: Callable[[], Iterator[Delta]]) -> None:
+    def __init__(self) -> None:
+        self._replies: list[Any] = []
+
+    def watch(self, reply: Any) -> None:
+        self._replies.append(reply)
+
+    def __call__(self) -> None:
+        for reply in self._replies:
+            reply.abort()
+
+
+class PacedReply:
+    """Deltas produced by a reader thread; ``next_within`` gives None when nothing came in time.
+
+    ``produce(watch)`` opens the reply, passing each upstream reply it opens to ``watch``.
+    """
+
+    def __init__(self, produce: Callable[[Callable[[Any], None]], Iterator[Delta]]) -> None:
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
         self._stop = threading.Event()
+        self._abort = Abort()
+        self._finished = False
         # The reader holds no reference to this object: once the stream is dropped, the reader stops.
         weakref.finalize(self, self._stop.set)
-        reader = threading.Thread(target=_read, args=(produce, self._queue, self._stop), daemon=True)
-        reader.start()
+        abort = self._abort
+        args = (lambda: produce(abort.watch), self._queue, self._stop)
+        threading.Thread(target=_read, args=args, daemon=True).start()
 
     def next_within(self, seconds: float) -> Delta | None:
         """The next delta, or None after ``seconds`` of silence; re-raises the reader's error.
@@ -40,15 +61,21 @@ class PacedReply:
         except queue.Empty:
             return None
         if kind == "error":
+            self._finished = True
             raise value
         if kind == "end":
+            self._finished = True
             self._stop.set()
             raise StopIteration
         return value
 
     def close(self) -> None:
-        """Nobody listens any more: the reader stops at its next delta (and closes the upstream)."""
+        """Nobody listens any more: stop the reader and, if the reply was still coming, cut the
+        upstream connection at once rather than at its next frame (which may be a minute away)."""
         self._stop.set()
+        if not self._finished:
+            self._finished = True
+            self._abort()
 
 
 def _read(produce: Callable[[], Iterator[Delta]], handoff: queue.Queue, stop: threading.Event) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from converters import ApiError, ChatRequest, Delta, copy_json, dig, upstream_error
+from converters import ApiError, ChatRequest, Delta, copy_json, dig, iter_reasoning_format, upstream_error
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
 from keepalive import PacedReply, first_deltas_within, iter_paced
@@ -48,6 +48,7 @@ class Exchange:
     now: float
     environment: dict[str, str]
     chat_id: str = ""
+    watch: Callable[[UpstreamReply], None] | None = None  # told of each upstream reply opened
 
     def values(self) -> dict[str, Any]:
         """Environment variables plus the per-request values placeholders may use (a fresh uuid each call)."""
@@ -84,18 +85,32 @@ def start_reply(scope: RequestScope, provider: Provider, chat_request: ChatReque
 
 
 def start_stream(
-    scope: RequestScope, provider: Provider, chat_request: ChatRequest, keepalive: float
+    scope: RequestScope, provider: Provider, chat_request: ChatRequest, keepalive: float, reasoning_format: str
 ) -> Iterator[Delta]:
-    """As ``start_reply``, for a stream: after ``keepalive`` seconds of silence (before the first
-    delta or later) a heartbeat is yielded, committing the stream to HTTP 200 if nothing else had."""
+    """As ``start_reply``, for a stream, with REASONING_FORMAT applied: after ``keepalive`` seconds
+    in which the client would get nothing (before the first delta or later), a heartbeat is
+    yielded, committing the stream to HTTP 200 if nothing else had."""
     if keepalive <= 0:
-        return start_reply(scope, provider, chat_request)
-    reply = PacedReply(lambda: open_reply(scope, provider, chat_request))
+        return iter_reasoning_format(start_reply(scope, provider, chat_request), reasoning_format)
+
+    def produce(watch: Callable[[UpstreamReply], None]) -> Iterator[Delta]:
+        # Formatted in the reader: hidden reasoning is silence for the client, so it must not
+        # hold the keep-alive back.
+        return iter_reasoning_format(open_reply(scope, provider, chat_request, watch), reasoning_format)
+
+    reply = PacedReply(produce)
     return _prepend(first_deltas_within(reply, keepalive), iter_paced(reply, keepalive))
 
 
-def open_reply(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]:
+def open_reply(
+    scope: RequestScope,
+    provider: Provider,
+    chat_request: ChatRequest,
+    watch: Callable[[UpstreamReply], None] | None = None,
+) -> Iterator[Delta]:
+    """Run the steps, then the completion; ``watch`` sees every upstream reply opened (to abort it)."""
     exchange = new_exchange(scope, provider, chat_request)
+    exchange.watch = watch
     for step in STEPS_BEFORE_COMPLETION:
         step(exchange)
     return completion(exchange)
@@ -217,7 +232,10 @@ def _send(exchange: Exchange, method: str, url: str, headers: dict, payload: Any
         shown = exchange.scope.redact(str(redact_headers(headers)))
         path = url[len(provider.base_url) :].split("?")[0]
         log.debug("%s upstream %s %s%s headers=%s", exchange.scope.request_id, method, provider.host, path, shown)
-    return exchange.scope.upstream.send(provider.name, method, url, headers, payload)
+    reply = exchange.scope.upstream.send(provider.name, method, url, headers, payload)
+    if exchange.watch is not None:
+        exchange.watch(reply)
+    return reply
 
 
 def _read_json_answer(exchange: Exchange, reply: UpstreamReply) -> Any:

@@ -5,6 +5,7 @@ The one place that reads the environment and ``.env``; the service and the impor
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -140,5 +141,7 @@ def _convert(key: str, value: str) -> Any:
 def _check(settings: Mapping[str, Any]) -> None:
     if settings["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise SystemExit(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if not math.isfinite(settings["KEEPALIVE_SECONDS"]) or settings["KEEPALIVE_SECONDS"] < 0:
+        raise SystemExit("KEEPALIVE_SECONDS must be a number of seconds, 0 or more (0 turns keep-alive off)")
     if settings["REASONING_FORMAT"] not in REASONING_FORMATS:
         raise SystemExit(f"REASONING_FORMAT must be one of {', '.join(REASONING_FORMATS)}")

@@ -59,29 +59,34 @@ def iter_sse_events(chunks: Iterable[bytes], max_event: int = MAX_EVENT_BYTES) -
 
     One exception to the spec: an upstream that writes a whole JSON event on every ``data:``
     line and leaves out the blank lines would have all its events joined into one that cannot
-    be parsed; while each line of an event stands alone, each is dispatched as it completes.
+    be parsed. When an event's first two lines each stand alone, they are two events, and from
+    then on every line that stands alone is dispatched as soon as it completes.
     """
     data: list[str] = []
     data_size = 0
     event = event_id = ""
-    lines_stand_alone = False  # every data line of the pending event is a whole JSON value
+    one_per_line = False  # learned: this stream writes a whole event on every data: line
     for raw in iter_lines(chunks):
         # Decode per complete line so a multi-byte character split across chunks survives.
         line = raw.decode("utf-8", errors="replace")
         if not line:
             if data:
                 yield SseEvent("\n".join(data), event, event_id)
-            data, data_size, event, lines_stand_alone = [], 0, "", False
+            data, data_size, event = [], 0, ""
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if name == "data":
+            if not data and one_per_line and _stands_alone(value):
+                yield SseEvent(value, event, event_id)
+                continue
             # Checked only when a second line arrives, so ordinary streams parse nothing here.
-            if len(data) == 1 and (lines_stand_alone or _stands_alone(data[0])) and _stands_alone(value):
+            if len(data) == 1 and _stands_alone(data[0]) and _stands_alone(value):
+                one_per_line = True
                 yield SseEvent(data[0], event, event_id)
-                data, data_size, lines_stand_alone = [], 0, True
-            elif data:
-                lines_stand_alone = False
+                yield SseEvent(value, event, event_id)
+                data, data_size = [], 0
+                continue
             data.append(value)
             data_size += len(raw)  # bytes on the wire, whatever the characters
             if data_size > max_event:

@@ -6,7 +6,9 @@ no redirects followed, no cookies kept, an explicit timeout, and transport failu
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -94,6 +96,8 @@ class UpstreamReply:
 
     def __init__(self, response: requests.Response, timeout: float) -> None:
         self._response = response
+        self._lock = threading.Lock()
+        self._closed = False
         self.timeout = timeout
         self.status = response.status_code
         self.headers = response.headers
@@ -106,7 +110,31 @@ class UpstreamReply:
         self.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._response.close()
+
+    def abort(self) -> None:
+        """Cut the connection now, even while another thread or greenlet is blocked reading it
+        (a client that left); a reply already closed, its connection back in the pool, is left alone."""
+        with self._lock:
+            if self._closed:
+                return
+            sock = self._socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.close()
+
+    def _socket(self) -> socket.socket | None:
+        """The socket under the answer: the connection's, or, when the upstream said
+        ``Connection: close`` (http.client then hands it to the response), the response file's."""
+        raw = self._response.raw
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is None:
+            reader = getattr(getattr(raw, "_fp", None), "fp", None)
+            sock = getattr(getattr(reader, "raw", None), "_sock", None)
+        return sock if isinstance(sock, socket.socket) else None
 
     def read_text(self, limit: int = ERROR_BODY_BYTES) -> str:
         """At most ``limit`` bytes of a non-stream answer (JSON, an error page), decoded."""

@@ -51,10 +51,9 @@ def chat_completions() -> Response:
     meta = CompletionMeta.new(chat_request.model)
     reasoning_format = current_app.config["REASONING_FORMAT"]
     if chat_request.stream:
-        deltas = start_stream(scope, provider, chat_request, current_app.config["KEEPALIVE_SECONDS"])
-        body = iter_stream_body(
-            iter_reasoning_format(deltas, reasoning_format), meta, chat_request.include_usage, scope.redact
-        )
+        keepalive = current_app.config["KEEPALIVE_SECONDS"]
+        deltas = start_stream(scope, provider, chat_request, keepalive, reasoning_format)
+        body = iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact)
         return stream_response(body)
     deltas = start_reply(scope, provider, chat_request)
     return jsonify(completion_from_deltas(iter_reasoning_format(deltas, reasoning_format), meta))

@@ -580,3 +580,28 @@ def test_client_leaving_during_keep_alives_closes_the_upstream_connection(raw, s
     assert upstream.peer_closed_at - left < 2.0
     assert upstream.finished.wait(2.0)
     assert_still_serving(url)
+
+
+def test_client_leaving_while_the_upstream_is_silent_cuts_the_upstream_at_once(raw, tmp_path, qwen_token):
+    # A thinking model before its first word: the stream is committed by a keep-alive, then the
+    # client gives up. The upstream connection is cut then, not at its next frame.
+    raw.script([sse_head(), created_frame(), "hang"])
+    root = tmp_path / "porviders"
+    root.mkdir()
+    copy_provider(SHIPPED_QWEN, root / "qwen", host=raw.host, scheme="http")
+    app = create_app({"TESTING": True, "PROVIDERS_DIR": str(root), "UPSTREAM_TIMEOUT": 8.0, "KEEPALIVE_SECONDS": 0.2})
+    body = {"model": "qwen3.7-plus", "messages": MESSAGES, "stream": True}
+    with ServerThread(app) as server:
+        response = requests.post(server.url + "/v1/chat/completions", json=body, stream=True, timeout=5)
+        assert response.status_code == 200
+        received = b""
+        for piece in response.iter_content(chunk_size=None):
+            received += piece
+            if b": keep-alive" in received:
+                break
+        left = time.monotonic()
+        response.close()
+        upstream = raw.completion_connections()[0]
+        assert upstream.peer_closed.wait(3.0), "the upstream stayed open after the client left"
+        assert upstream.peer_closed_at - left < 2.0
+        assert_still_serving(server.url)

@@ -23,6 +23,7 @@ from tests.fake_qwen import (
     json_reply,
     keep_alive_frame,
     sse_reply,
+    summary_frames,
     usage,
 )
 
@@ -176,6 +177,26 @@ def test_upstream_keep_alive_frames_alone_do_not_keep_the_client_waiting(keepali
     lines = read_stream(keepalive_service, started)
     assert lines[0][0] < 1.0, lines
     assert "".join(line for _, line in lines).count('"content":"Hi"') == 1
+
+
+def test_hidden_reasoning_is_silence_for_the_keep_alive(app_config, qwen_token, fake_qwen):
+    # With REASONING_FORMAT=hidden the client gets nothing while the model thinks, however often
+    # the upstream sends thinking frames: the keep-alive must still come.
+    app = create_app({**app_config, "KEEPALIVE_SECONDS": 0.3, "REASONING_FORMAT": "hidden"})
+    thoughts = summary_frames([f"Thought {n}." for n in range(12)])
+    fake_qwen.reply = Reply(chunks=[created_frame(), *thoughts, *answer_frames(["Hi"])], delay=0.1)
+    with ServerThread(app) as server:
+        lines = read_stream(server.url, time.monotonic())
+    first_content = next(at for at, line in lines if '"content":"Hi"' in line)
+    comments = [at for at, line in lines if line.startswith(":")]
+    assert comments and comments[0] < first_content - 0.3, lines
+    assert not any("Thought" in line for _, line in lines)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0])
+def test_keep_alive_must_be_a_finite_number_of_seconds(app_config, qwen_token, value):
+    with pytest.raises(SystemExit, match="KEEPALIVE_SECONDS must be"):
+        create_app({**app_config, "KEEPALIVE_SECONDS": value})
 
 
 def test_an_error_after_the_keep_alive_is_an_error_event_then_done(keepalive_service, fake_qwen):

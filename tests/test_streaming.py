@@ -402,7 +402,10 @@ def test_events_without_blank_lines_stream_as_they_arrive():
     events = iter_sse_events(lines())
     assert next(events).data == '{"n":0}'
     assert pulled == [0, 1]  # dispatched once the second line completed, not at the end
-    assert [e.data for e in events] == ['{"n":1}', '{"n":2}']
+    assert next(events).data == '{"n":1}'
+    assert pulled == [0, 1]  # and each line from then on as soon as it completes
+    assert next(events).data == '{"n":2}'
+    assert pulled == [0, 1, 2]
 
 
 def test_an_event_that_never_ends_is_refused_past_its_limit():
