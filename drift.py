@@ -18,13 +18,17 @@ DROPPED_CANDIDATE = "dropped_candidate"
 EMPTY_REPLY = "empty_reply"
 ZERO_OUTPUT_ROUND = "zero_output_round"
 KINDS = (UNKNOWN_PHASE, UNKNOWN_KEY, DROPPED_CANDIDATE, EMPTY_REPLY, ZERO_OUTPUT_ROUND)
-NAME_LIMIT = 64
-NOT_A_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
+# Names shown as they are: letters, "_" and "." only, and short. Anything else (digits, dashes,
+# spaces: what ids, keys of other services and text look like) is shown by its length alone.
+SHOWN_NAME = re.compile(r"[A-Za-z][A-Za-z_.]{0,39}")
 
 
 def shape_name(value: Any) -> str:
-    """A key or phase name fit to show: printable name characters only, and short."""
-    return NOT_A_NAME.sub("?", str(value))[:NAME_LIMIT]
+    """A key or phase name fit to show in /health, where anyone may look: never content."""
+    text = str(value)
+    if SHOWN_NAME.fullmatch(text):
+        return text
+    return f"<{len(text)} character{'' if len(text) == 1 else 's'}>"
 
 
 class DriftLog:

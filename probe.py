@@ -32,6 +32,11 @@ ADVICE = {
     "invalid_value": "fix the value in .env: it holds characters a URL or header cannot carry.",
 }
 DEFAULT_ADVICE = "see README: Troubleshooting."
+USAGE = """usage: python app.py check [PROVIDER]
+
+Send one tiny real chat through PROVIDER (a folder name), or through every provider whose
+credentials are set, and report what happened. Exit 0 when all answered, 1 when one failed,
+2 when PROVIDER does not exist."""
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Outcome:
     name: str
     lines: list[str] = field(default_factory=list)
     error: ApiError | None = None
+    read_stream: bool = False
 
     def report(self) -> str:
         head = f"{self.name}: {'FAILED' if self.error else 'ok'}"
@@ -48,32 +54,54 @@ class Outcome:
 
 
 def main(argv: list[str], settings: dict, out: TextIO | None = None) -> int:
-    """Check the named provider, or every provider whose credentials are set."""
+    """Check the named provider, or every provider whose credentials are set.
+
+    Exit 0 when every provider checked answered, 1 when one failed (or none could be checked),
+    2 when the named provider does not exist.
+    """
     out = out or sys.stdout
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE, file=out)
+        return 0
     services = Services(settings)
     scope = services.scope("check")
+    if argv:
+        return _check_one(services, scope, argv[0], out)
+    return _check_all(services, scope, out)
+
+
+def _check_one(services: Services, scope: RequestScope, name: str, out: TextIO) -> int:
     registry = scope.registry
-    if argv and argv[0] not in registry.providers:
+    if name in registry.errors:
+        print(f"{name}: FAILED\n  not loaded: {registry.errors[name]}", file=out)
+        return 1
+    if name not in registry.providers:
         known = ", ".join(sorted(registry.providers)) or "none"
-        reason = registry.errors.get(argv[0], f"no such provider (loaded: {known})")
-        print(f"{argv[0]}: FAILED\n  {reason}", file=out)
-        return 2 if argv[0] not in registry.errors else 1
-    broken = [] if argv else [f"{name}: FAILED\n  not loaded: {why}" for name, why in sorted(registry.errors.items())]
-    chosen = [registry.providers[argv[0]]] if argv else _configured(scope)
-    for line in broken:
-        print(line, file=out)
-    if not chosen and not broken:
+        print(f"{name}: FAILED\n  no such provider (loaded: {known})", file=out)
+        return 2
+    outcome = check_provider(services, scope, registry.providers[name])
+    print(outcome.report(), file=out)
+    return 1 if outcome.error else 0
+
+
+def _check_all(services: Services, scope: RequestScope, out: TextIO) -> int:
+    registry = scope.registry
+    for name, why in sorted(registry.errors.items()):
+        print(f"{name}: FAILED\n  not loaded: {why}", file=out)
+    chosen = []
+    for provider in (registry.providers[name] for name in sorted(registry.providers)):
+        missing = [n for n in provider.required_variables() if n not in scope.variables(provider)]
+        if missing:
+            print(f"{provider.name}: skipped (set {', '.join(missing)} to check it)", file=out)
+        else:
+            chosen.append(provider)
+    if not chosen:
         print("No provider has its credentials set: see README: Capturing credentials.", file=out)
         return 1
     outcomes = [check_provider(services, scope, provider) for provider in chosen]
     for outcome in outcomes:
         print(outcome.report(), file=out, flush=True)
-    return 1 if broken or any(o.error for o in outcomes) else 0
-
-
-def _configured(scope: RequestScope) -> list[Provider]:
-    providers = [scope.registry.providers[name] for name in sorted(scope.registry.providers)]
-    return [p for p in providers if set(p.required_variables()) <= set(scope.variables(p))]
+    return 1 if registry.errors or any(o.error for o in outcomes) else 0
 
 
 def check_provider(services: Services, scope: RequestScope, provider: Provider) -> Outcome:
@@ -87,7 +115,8 @@ def check_provider(services: Services, scope: RequestScope, provider: Provider) 
         outcome.error = error
         outcome.lines.append(f"error {error.status} {error.code}: {scope.redact(error.message)}")
         outcome.lines.append(f"what to do: {ADVICE.get(error.code or '', DEFAULT_ADVICE)}")
-    outcome.lines.append(_drift_line(scope.drift.snapshot(provider.name), drift_before))
+    if outcome.read_stream:  # drift is only news when a stream was read
+        outcome.lines.append(_drift_line(scope.drift.snapshot(provider.name), drift_before))
     return outcome
 
 
@@ -112,6 +141,7 @@ def _chat(scope: RequestScope, provider: Provider, model: str, outcome: Outcome)
     if exchange.chat_id:
         outcome.lines.append(f"created a chat in {_ms(started)} ms")
     deltas = completion(exchange)
+    outcome.read_stream = True
     try:
         first = first_deltas(deltas)
         outcome.lines.append(f"first delta after {_ms(started)} ms")

@@ -25,6 +25,15 @@ from settings import ca_bundle
 
 READ_CHUNK = 64 * 1024
 ERROR_BODY_BYTES = 64 * 1024
+WHY_UNREACHABLE = (
+    ("NameResolution", "the host name could not be resolved"),
+    ("gaierror", "the host name could not be resolved"),
+    ("ConnectionRefused", "the connection was refused"),
+    ("ProxyError", "the proxy failed"),
+    ("SSLError", "TLS failed"),
+    ("ConnectTimeout", "the connection timed out"),
+    ("Network is unreachable", "the network is unreachable"),
+)
 
 log = logging.getLogger("reverse_api")
 
@@ -191,4 +200,20 @@ def _is_protocol_error(exc: requests.ConnectionError) -> bool:
 
 
 def _unreachable(host: str, exc: Exception) -> ApiError:
-    return upstream_error(f"Could not reach the upstream {host}: {type(exc).__name__}.", code="upstream_unreachable")
+    return upstream_error(
+        f"Could not reach the upstream {host}: {type(exc).__name__}{_why_unreachable(exc)}.",
+        code="upstream_unreachable",
+    )
+
+
+def _why_unreachable(exc: Exception) -> str:
+    """What the causes say, in words a user can act on: DNS, a refused port, TLS, a proxy."""
+    causes, seen = [], exc
+    while seen is not None and len(causes) < 8:
+        causes.append(seen)
+        seen = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
+    names = " ".join(type(cause).__name__ for cause in causes) + " " + " ".join(str(c) for c in causes[-1:])
+    for marker, words in WHY_UNREACHABLE:
+        if marker in names:
+            return f" ({words})"
+    return ""

@@ -9,7 +9,7 @@ from typing import Any
 from converters import ApiError, ChatRequest, Delta, as_dict, as_str, copy_json, empty_usage, upstream_error
 from dialects.contract import Dialect, ImportHints, Plan, UpstreamAnswer, UpstreamCall
 from dialects.qwen import ERROR_BODY_LIMIT, credential_error, parse_frame
-from drift import DriftLog
+from drift import EMPTY_REPLY, DriftLog, StreamDrift
 
 # Fields of a client's body that are for this service and never go upstream.
 LOCAL_FIELDS = frozenset({"provider"})
@@ -36,7 +36,7 @@ def build_openai_payload(template: dict, chat_request: ChatRequest, call: Upstre
 
 def iter_openai_deltas(payloads: Iterable[str], credential: str = "", drift: DriftLog | None = None) -> Iterator[Delta]:
     """Turn an OpenAI-compatible chunk stream into deltas, ending with usage and finish reason."""
-    usage, finish_reason = None, None
+    usage, finish_reason, said_something = None, None, False
     for data in payloads:
         chunk = parse_frame(data)
         if chunk.get("error"):
@@ -46,10 +46,13 @@ def iter_openai_deltas(payloads: Iterable[str], credential: str = "", drift: Dri
         choice = _first_choice(chunk.get("choices"))
         found = _openai_delta(as_dict(choice.get("delta")))
         if found:
+            said_something = said_something or bool(found.content or found.tool_calls)
             yield found
         finish_reason = as_str(choice.get("finish_reason")) or finish_reason
     if finish_reason is None:
         raise upstream_error("The upstream closed the stream before the reply finished.", code="upstream_truncated")
+    if not said_something:
+        StreamDrift(drift).note(EMPTY_REPLY)
     yield Delta(usage=usage or empty_usage(), finish_reason=finish_reason)
 
 

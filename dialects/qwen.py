@@ -233,15 +233,36 @@ def _created(created: dict, state: _QwenState) -> Iterator[Delta]:
     if not state.kept_id:
         state.kept_id = response_id
         yield Delta(response_id=response_id)  # what a later turn names as its parent
-    elif response_id != state.kept_id and response_id not in state.dropped_ids:
-        state.dropped_ids.add(response_id)
-        state.drift.note(DROPPED_CANDIDATE, response_index=str(created.get("response_index", "")))
+    elif response_id != state.kept_id:
+        _drop_candidate(response_id, _index_shape(created.get("response_index")), state)
 
 
 def _of_kept_candidate(frame: dict, state: _QwenState) -> bool:
     """False for frames of another candidate answer: relaying both would mix them letter by letter."""
     response_id = frame.get("response_id")
-    return not (state.kept_id and isinstance(response_id, str) and response_id and response_id != state.kept_id)
+    if not isinstance(response_id, str) or not response_id:
+        if state.dropped_ids:  # two candidates open: an untagged frame could be either's
+            _drop_candidate("", "untagged", state)
+            return False
+        return True
+    if not state.kept_id:
+        state.kept_id = response_id  # no response.created came: the first tagged reply is the one
+    elif response_id != state.kept_id:
+        _drop_candidate(response_id, "unannounced", state)
+        return False
+    return True
+
+
+def _drop_candidate(response_id: str, index: int | str, state: _QwenState) -> None:
+    """Count each other candidate once, however many frames of it are dropped."""
+    if response_id not in state.dropped_ids:
+        state.dropped_ids.add(response_id)
+        state.drift.note(DROPPED_CANDIDATE, response_index=index)
+
+
+def _index_shape(index: Any) -> int | str:
+    """``response_index`` as shown in drift: a number, never the upstream's text."""
+    return int(index) if isinstance(index, (str, int)) and str(index).isdigit() else "unnumbered"
 
 
 def _phase_deltas(delta: dict, state: _QwenState) -> Iterator[Delta]:

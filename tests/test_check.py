@@ -99,6 +99,7 @@ def test_check_of_one_provider_among_several(providers_dir, fake_qwen, qwen_toke
     assert code == 1  # "other" cannot be reached
     assert "qwen: ok" in out
     assert "other: FAILED" in out and "upstream_unreachable" in out and "check the network" in out
+    assert "(the connection was refused)" in out
 
 
 def test_check_of_an_unknown_or_broken_provider(providers_dir, fake_qwen, qwen_token, capsys):
@@ -114,3 +115,36 @@ def test_check_of_an_unknown_or_broken_provider(providers_dir, fake_qwen, qwen_t
 @pytest.mark.parametrize("code", sorted(probe.ADVICE))
 def test_every_advice_is_a_sentence(code):
     assert probe.ADVICE[code].endswith(".") and len(probe.ADVICE[code]) > 20
+
+
+def test_check_says_which_providers_it_skipped_and_why(providers_dir, fake_qwen, qwen_token, monkeypatch, capsys):
+    copy_provider(ROOT / "porviders" / "openai", providers_dir / "openai")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code, out = run_check(providers_dir, capsys)
+    assert code == 0
+    assert "openai: skipped (set OPENAI_API_KEY to check it)" in out
+    assert "qwen: ok" in out
+
+
+def test_check_with_only_broken_and_unconfigured_folders_says_so(providers_dir, fake_qwen, monkeypatch, capsys):
+    monkeypatch.delenv("QWEN_TOKEN", raising=False)
+    (providers_dir / "broken").mkdir()
+    code, out = run_check(providers_dir, capsys)
+    assert code == 1
+    assert "broken: FAILED" in out and "qwen: skipped (set QWEN_TOKEN to check it)" in out
+    assert "No provider has its credentials set" in out
+
+
+def test_check_reports_no_drift_line_when_no_stream_was_read(providers_dir, fake_qwen, qwen_token, capsys):
+    fake_qwen.chat_reply = json_reply({"success": False, "data": {"code": "Unauthorized", "details": "expired"}})
+    code, out = run_check(providers_dir, capsys, "qwen")
+    assert code == 1
+    assert "upstream_credential_rejected" in out
+    assert "unrecognised" not in out
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_check_help(providers_dir, capsys, flag):
+    code, out = run_check(providers_dir, capsys, flag)
+    assert code == 0
+    assert out.startswith("usage: python app.py check [PROVIDER]")

@@ -50,3 +50,10 @@ def test_the_qwen_example_shows_todays_shapes():
     assert "".join(d.reasoning for d in deltas) == "I recognize a greeting.\n\nA short, friendly answer fits."
     assert "".join(d.content for d in deltas) == "Hello! How can I help?"
     assert deltas[-1].usage["completion_tokens"] == 32  # the latest counters, not their sum
+
+
+def test_the_openai_parser_counts_a_reply_without_content_as_drift():
+    chunk = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]}
+    drift = DriftLog()
+    list(DIALECTS["openai"].iter_deltas([json.dumps(chunk)], "KEY", drift))
+    assert drift.snapshot()["counts"]["empty_reply"] == 1

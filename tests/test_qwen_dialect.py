@@ -11,6 +11,7 @@ import pytest
 
 from converters import ApiError, Delta
 from dialects.qwen import build_qwen_payload, error_from_upstream, iter_qwen_deltas, thinking_choice
+from drift import DriftLog
 from pipeline import build_create_chat_body
 from tests import fake_qwen as fq
 from tests.helpers import data_of, datas, usage_total
@@ -800,3 +801,92 @@ def test_error_http_429_without_envelope():
     error = error_from_upstream(429, "text/plain", "slow down", "QWEN_TOKEN")
     assert (error.status, error.code) == (429, "rate_limit_exceeded")
     assert error.message == "The upstream is rate limiting requests."
+
+
+# --- candidates and drift ---------------------------------------------------------------------
+
+OTHER = "r0ffee00-9999-4999-8999-999999999999"
+
+
+def tagged(response_id: str, content: str, status: str = "typing") -> str:
+    delta = {"role": "assistant", "content": content, "phase": "answer", "status": status}
+    return json.dumps({"choices": [{"delta": delta}], "response_id": response_id})
+
+
+def created(response_id: str, index: str) -> str:
+    return json.dumps({"response.created": {"chat_id": CHAT_ID, "response_id": response_id, "response_index": index}})
+
+
+def replay(payloads: list[str]) -> tuple[str, DriftLog]:
+    drift = DriftLog()
+    deltas = list(iter_qwen_deltas(payloads, "QWEN_TOKEN", drift))
+    return "".join(d.content for d in deltas), drift
+
+
+def test_frames_of_a_candidate_never_announced_are_dropped_and_counted_once():
+    text, drift = replay(
+        [
+            created(fq.RESPONSE_ID, "0"),
+            tagged(fq.RESPONSE_ID, "Hel"),
+            tagged(OTHER, "Bon"),
+            tagged(OTHER, "jour"),
+            tagged(fq.RESPONSE_ID, "lo"),
+            tagged(fq.RESPONSE_ID, "", "finished"),
+        ]
+    )
+    assert text == "Hello"
+    assert drift.snapshot()["counts"]["dropped_candidate"] == 1
+    assert drift.snapshot()["last"]["response_index"] == "unannounced"
+
+
+def test_without_response_created_the_first_tagged_reply_is_kept():
+    text, drift = replay([tagged(fq.RESPONSE_ID, "Hi"), tagged(OTHER, "Yo"), tagged(fq.RESPONSE_ID, "", "finished")])
+    assert text == "Hi"
+    assert drift.snapshot()["counts"]["dropped_candidate"] == 1
+
+
+def test_untagged_frames_while_two_candidates_are_open_are_dropped_not_mixed():
+    untagged = json.dumps(
+        {"choices": [{"delta": {"role": "assistant", "content": "??", "phase": "answer", "status": "typing"}}]}
+    )
+    text, drift = replay(
+        [
+            created(fq.RESPONSE_ID, "0"),
+            created(OTHER, "1"),
+            tagged(fq.RESPONSE_ID, "Hi"),
+            untagged,
+            tagged(fq.RESPONSE_ID, "", "finished"),
+        ]
+    )
+    assert text == "Hi"
+    assert drift.snapshot()["counts"]["dropped_candidate"] == 2  # the second candidate, and the untagged frame
+
+
+def test_untagged_frames_of_a_lone_reply_are_kept():
+    untagged = json.dumps(
+        {"choices": [{"delta": {"role": "assistant", "content": "Hi", "phase": "answer", "status": "finished"}}]}
+    )
+    text, drift = replay([created(fq.RESPONSE_ID, "0"), untagged])
+    assert text == "Hi"
+    assert drift.total == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("response.stopped", "response.stopped"),
+        ("sk-proj-ABCDEF0123456789", "<24 characters>"),
+        ("a private sentence", "<18 characters>"),
+        ("x1", "<2 characters>"),
+    ],
+)
+def test_drift_shows_names_only_when_they_look_like_names(name, shown):
+    frame = json.dumps(
+        {
+            "choices": [{"delta": {"role": "assistant", "content": "Hi", "phase": "answer", "status": "finished"}}],
+            "response_id": fq.RESPONSE_ID,
+            name: 1,
+        }
+    )
+    _, drift = replay([frame])
+    assert drift.snapshot()["last"]["key"] == shown

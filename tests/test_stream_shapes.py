@@ -98,7 +98,7 @@ def test_only_the_first_candidate_is_relayed_and_its_usage(sdk, fake_qwen, servi
     drift = health_drift(service)
     assert drift["counts"]["dropped_candidate"] == 1
     assert drift["last"]["kind"] == "dropped_candidate"
-    assert drift["last"]["response_index"] == "1"
+    assert drift["last"]["response_index"] == 1
     assert OTHER_ID not in json.dumps(drift) and "Bon" not in json.dumps(drift)
 
 
