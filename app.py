@@ -81,8 +81,14 @@ def _start_request() -> None:
 def _finish_request(response: Response) -> Response:
     response.headers["x-request-id"] = g.get("request_id", "")
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    log.info("%s %s %s %d %.1fms", g.get("request_id"), request.method, request.path, response.status_code, elapsed)
+    path = _printable(request.path)  # a %0a in the URL must not write a line of its own
+    log.info("%s %s %s %d %.1fms", g.get("request_id"), request.method, path, response.status_code, elapsed)
     return response
+
+
+def _printable(text: str) -> str:
+    """Control characters written as escapes, so one log line stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _answer_preflight() -> Response | None:

@@ -20,7 +20,7 @@ from converters import ApiError, ChatRequest, Delta, copy_json, dig, iter_reason
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
 from keepalive import PacedReply, first_deltas_within, iter_paced
-from placeholders import MissingVariables, fill_headers, fill_placeholders
+from placeholders import MissingVariables, UnsafePathValue, fill_headers, fill_placeholders, fill_url_path
 from provider_loader import Provider, ids_from_models_answer
 from redaction import redact_headers
 from streaming import SseLineTooLong, iter_data, iter_sse_events
@@ -133,7 +133,7 @@ def create_chat(exchange: Exchange) -> None:
     # The chat does not exist yet: captured headers naming it (a Referer) are left out unless overridden.
     headers = _fill_headers(provider, _with_overrides(provider.request.headers, step.headers), values, {"chat_id"})
     body = build_create_chat_body(_fill(provider, provider.create_chat_body, values), exchange.plan.model, exchange.now)
-    with _send(exchange, step.method, _url(provider, step.path, values), headers, body) as reply:
+    with _send(exchange, step.method, _url(provider, step.path, values), headers, body, step.path) as reply:
         data = _read_json_answer(exchange, reply)
     chat_id = dig(data, provider.create_chat_id_field)
     if not isinstance(chat_id, str) or not SAFE_ID.fullmatch(chat_id):
@@ -152,7 +152,8 @@ def completion(exchange: Exchange) -> Iterator[Delta]:
     call = UpstreamCall(exchange.plan, exchange.chat_id, exchange.now, provider.message_mode == "history")
     # The template is filled first, so placeholders in the client's own text are never expanded.
     payload = exchange.dialect.build_payload(_fill(provider, provider.payload, values), exchange.chat_request, call)
-    reply = _send(exchange, provider.request.method, _url(provider, provider.request.path, values), headers, payload)
+    url = _url(provider, provider.request.path, values)
+    reply = _send(exchange, provider.request.method, url, headers, payload, provider.request.path)
     return iter_upstream_deltas(exchange, reply)
 
 
@@ -213,7 +214,7 @@ def fetch_model_ids(upstream: UpstreamClient, provider: Provider, environment: d
     values = request_values(environment, "", "", time.time())
     # No chat exists here: headers naming one (Referer .../c/${chat_id}) are left out.
     headers = fill_headers(provider.request.headers, values, provider.optional_variables | {"chat_id"})
-    url = provider.base_url + fill_placeholders(endpoint["path"], values)
+    url = provider.base_url + fill_url_path(endpoint["path"], values)
     with upstream.send(provider.name, endpoint["method"], url, headers, timeout=timeout) as reply:
         if 300 <= reply.status < 400:
             raise ValueError(f"the models endpoint answered HTTP {reply.status}, a redirect, which is not followed")
@@ -225,12 +226,13 @@ def fetch_model_ids(upstream: UpstreamClient, provider: Provider, environment: d
 # --- filling and sending ---------------------------------------------------------------------
 
 
-def _send(exchange: Exchange, method: str, url: str, headers: dict, payload: Any) -> UpstreamReply:
+def _send(exchange: Exchange, method: str, url: str, headers: dict, payload: Any, template: str = "") -> UpstreamReply:
     provider = exchange.provider
     if log.isEnabledFor(logging.DEBUG):
-        # Credential-like headers by name, and any secret value wherever it stands.
+        # The path as the folder writes it (placeholders, never their values), credential-like
+        # headers by name, and any secret value wherever it stands.
         shown = exchange.scope.redact(str(redact_headers(headers)))
-        path = url[len(provider.base_url) :].split("?")[0]
+        path = template.split("?")[0]
         log.debug("%s upstream %s %s%s headers=%s", exchange.scope.request_id, method, provider.host, path, shown)
     reply = exchange.scope.upstream.send(provider.name, method, url, headers, payload)
     if exchange.watch is not None:
@@ -259,8 +261,18 @@ def _answer_error(exchange: Exchange, reply: UpstreamReply, body: str) -> ApiErr
 
 
 def _url(provider: Provider, path: str, values: dict) -> str:
-    """A filled path must stay one path on the provider's host: no spaces, line breaks or fragments."""
-    filled = _fill(provider, path, values)
+    """A filled path must stay one path on the provider's host: each value one segment, no spaces,
+    line breaks or fragments."""
+    try:
+        filled = fill_url_path(path, values)
+    except MissingVariables as exc:
+        raise _missing_variables_error(provider, exc) from None
+    except UnsafePathValue as exc:
+        raise ApiError(
+            f'Provider "{provider.name}": the value of {exc} filled into the request path would leave its segment.',
+            status=400,
+            code="invalid_value",
+        ) from None
     if not SAFE_PATH.fullmatch(filled):
         raise ApiError(
             f'Provider "{provider.name}": a value filled into the request path is not URL-safe.',

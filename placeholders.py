@@ -6,6 +6,7 @@ Upper-case names come from the environment; lower-case ones are per-request valu
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,6 +16,16 @@ LITERAL_DOLLAR = "${dollar}"
 # Upper-case names come from the environment; lower-case ones are filled per request.
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model", "dollar"})
+
+
+# What a filled value may keep as it is: in a path, what one segment can hold (RFC 3986 pchar);
+# in the query, the same less "&" and "#" (which would start another parameter or a fragment).
+SEGMENT_SAFE = "!$&'()*+,;=:@"
+QUERY_SAFE = "!$'()*+,;=:@/?"
+
+
+class UnsafePathValue(ValueError):
+    """A value filled into a path that would climb out of its segment ("." or "..")."""
 
 
 class MissingVariables(Exception):
@@ -101,3 +112,34 @@ def iter_strings(value: Any) -> Iterable[str]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from iter_strings(item)
+
+
+def fill_url_path(template: str, variables: Mapping[str, Any]) -> str:
+    """Fill a request path: each value becomes one path segment (or one query value), percent-encoded.
+
+    Environment values keep their own percent-escapes (the importer stores captured ones as
+    sent); per-request values (``${model}``, from the client) are encoded whole.
+    :raise MissingVariables: listing every name that has no non-empty value.
+    :raise UnsafePathValue: for a value that is "." or ".." in the path.
+    """
+    missing: list[str] = []
+    base, mark, query = template.partition("?")
+    filled = _fill_url_part(base, variables, SEGMENT_SAFE, missing) + mark
+    filled += _fill_url_part(query, variables, QUERY_SAFE, missing) if mark else ""
+    if missing:
+        raise MissingVariables(missing)
+    return filled
+
+
+def _fill_url_part(text: str, variables: Mapping[str, Any], safe: str, missing: list[str]) -> str:
+    def replace(match: re.Match) -> str:
+        name, found = match.group(1), variables.get(match.group(1))
+        if found in (None, ""):
+            missing.append(name)
+            return ""
+        value = str(found)
+        if safe == SEGMENT_SAFE and urllib.parse.unquote(value) in (".", ".."):
+            raise UnsafePathValue(name)
+        return urllib.parse.quote(value, safe=safe + ("%" if ENV_NAME.match(name) else ""))
+
+    return PLACEHOLDER.sub(replace, text)

@@ -164,7 +164,8 @@ def parse_header_text(text: str, source: str = HEADER_FILE) -> CapturedRequest:
     first_no, first = numbered[0]
     match = REQUEST_LINE.match(first.strip())
     if not match:
-        raise ProviderError(f"{source}, line {first_no}: expected 'METHOD /path HTTP/1.1', got {first.strip()[:80]!r}")
+        # The line itself is not quoted (here nor below): /health is open, and a pasted key would show.
+        raise ProviderError(f"{source}, line {first_no}: expected a request line like 'POST /path HTTP/1.1'")
     headers = [_parse_header_line(line, n, source) for n, line in numbered[1:]]
     kept = [h for h in headers if h is not None and h[0].lower() not in DROPPED_HEADERS]
     return CapturedRequest(match.group(1), match.group(2), _merge_duplicates(kept))
@@ -175,7 +176,8 @@ def _parse_header_line(line: str, number: int, source: str) -> tuple[str, str] |
         return None  # HTTP/2 pseudo-header such as :authority; requests builds its own.
     name, sep, value = line.partition(":")
     if not sep or not HEADER_NAME.match(name):
-        raise ProviderError(f"{source}, line {number}: expected 'Name: value', got {line[:80]!r}")
+        # Not even the name: with no colon, the whole line (a pasted key, say) would be the name.
+        raise ProviderError(f"{source}, line {number}: expected 'Name: value'")
     return name, value.strip()
 
 

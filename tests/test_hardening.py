@@ -6,12 +6,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
 import openai
 import pytest
 import requests
+import responses
 
 import provider_loader
 from app import create_app
@@ -323,3 +325,82 @@ def test_force_never_writes_through_a_symlink(tmp_path):
     assert target.read_text() == "keep me"  # the link was replaced, its target left alone
     assert not (root / "ex" / "header.txt").is_symlink()
     assert os.stat(root / "ex" / "header.txt").st_mode & 0o777 == 0o600
+
+
+def deployment_folder(root: Path, host: str) -> Path:
+    folder = write_folder(
+        root,
+        "azure",
+        "POST /openai/deployments/${model}/chat/completions?api-version=${AZURE_VERSION} HTTP/1.1\napi-key: ${AZURE_KEY}\n",
+        {"host": host, "scheme": "http", "models": ["gpt-x"], "patterns": ["*"]},
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "sent_path"),
+    [
+        ("gpt-x", 200, "/openai/deployments/gpt-x/chat/completions?api-version=2024%2F10"),
+        (
+            "../../../admin/x?",
+            200,
+            "/openai/deployments/..%2F..%2F..%2Fadmin%2Fx%3F/chat/completions?api-version=2024%2F10",
+        ),
+        ("..", 400, None),
+        (".", 400, None),
+        ("%2e%2e", 400, None),  # ".." once decoded: refused too
+    ],
+)
+def test_a_value_filled_into_a_path_stays_one_segment(tmp_path, monkeypatch, model, status, sent_path):
+    monkeypatch.setenv("AZURE_KEY", "azure-key-0123456789")
+    monkeypatch.setenv("AZURE_VERSION", "2024%2F10")  # kept percent-encoded, as captured
+    deployment_folder(tmp_path, "azure.test")
+    app = create_app({"TESTING": True, "PROVIDERS_DIR": str(tmp_path), "ENV_FILE": None, "KEEPALIVE_SECONDS": 0})
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(
+            responses.POST, re.compile(r"http://azure\.test/.*"), callback=lambda request: (500, {}, "no")
+        )
+        response = app.test_client().post("/v1/chat/completions", json={"model": model, "messages": MESSAGES})
+        sent = [call.request.path_url for call in mock.calls]
+    assert (response.status_code == 400) == (status == 400)
+    if status == 400:
+        assert response.get_json()["error"]["code"] == "invalid_value"
+        assert sent == []
+    else:
+        assert sent == [sent_path]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "GET https://h.test/x?key=sk-pasted-key-0123456789 HTTP/1.1\n",
+        "POST /x HTTP/1.1\nsk-pasted-key-0123456789\n",
+        "POST /x HTTP/1.1\nBad Name sk-pasted-key-0123456789: v\n",
+    ],
+)
+def test_a_broken_header_txt_is_named_by_line_never_quoted(tmp_path, header, caplog):
+    write_folder(tmp_path, "ex", header)
+    app = create_app({"TESTING": True, "PROVIDERS_DIR": str(tmp_path), "ENV_FILE": None})
+    body = app.test_client().get("/health").get_data(as_text=True)
+    assert "ex/header.txt, line" in body
+    assert "sk-pasted" not in body and "sk-pasted" not in caplog.text
+
+
+def test_the_debug_log_shows_the_path_template_not_the_credential_in_it(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("BOT_TOKEN", "bot-secret-0123456789")
+    write_folder(
+        tmp_path,
+        "bot",
+        "POST /bot${BOT_TOKEN}/v1/chat/completions HTTP/1.1\n",
+        {"host": "127.0.0.1:9", "scheme": "http"},
+    )
+    app = create_app({"TESTING": True, "PROVIDERS_DIR": str(tmp_path), "ENV_FILE": None, "LOG_LEVEL": "DEBUG"})
+    app.test_client().post("/v1/chat/completions", json={"model": "m", "messages": MESSAGES, "provider": "bot"})
+    assert "/bot${BOT_TOKEN}/v1/chat/completions" in caplog.text
+    assert "bot-secret" not in caplog.text
+
+
+def test_a_line_break_in_the_url_does_not_forge_a_log_line(client, caplog):
+    client.get("/v1/models%0a2026-12-02 00:00:00 INFO reverse_api: forged")
+    lines = [record.getMessage() for record in caplog.records if "forged" in record.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\\n2026" in lines[0]
