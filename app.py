@@ -26,6 +26,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Past this, an oversized body is not read to its end: the connection is closed instead.
 DRAIN_LIMIT = 64 * 1024 * 1024
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
+LOOPBACK_NAMES = frozenset({"localhost", "::1", "0:0:0:0:0:0:0:1"})
 
 log = logging.getLogger("reverse_api")
 
@@ -37,6 +38,7 @@ def create_app(config: dict | None = None) -> Flask:
     _configure_logging(app.config["LOG_LEVEL"])
     app.config["API_KEYS"] = split_list(app.config["API_KEYS"])
     app.config["CORS_ORIGINS"] = split_list(app.config["CORS_ORIGINS"])
+    app.config["ALLOWED_HOSTS"] = tuple(name.lower() for name in split_list(app.config["ALLOWED_HOSTS"]))
     # Werkzeug stops reading a body without Content-Length (chunked) here; one byte more tells us it was over.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"] + 1
     # "//" in a path would otherwise get Werkzeug's HTML redirect page instead of a JSON 404.
@@ -63,6 +65,7 @@ def _configure_logging(level: str) -> None:
 
 def _register_hooks(app: Flask) -> None:
     app.before_request(_start_request)
+    app.before_request(_refuse_web_pages)  # before anything else: a page may not even probe
     app.before_request(_answer_preflight)
     app.before_request(_check_api_key)  # before the body is drained: strangers get nothing read for them
     app.before_request(_limit_body)
@@ -89,6 +92,39 @@ def _finish_request(response: Response) -> Response:
 def _printable(text: str) -> str:
     """Control characters written as escapes, so one log line stays one line."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _refuse_web_pages() -> None:
+    """Without API_KEYS, only local programs may call: a web page the user visits must not drive
+    the service (a cross-site POST needs no preflight) nor read it through DNS rebinding."""
+    config = current_app.config
+    if config["API_KEYS"]:
+        return
+    host = _host_name(request.host or "")
+    if not (host in LOOPBACK_NAMES or host.startswith("127.") or host in config["ALLOWED_HOSTS"]):
+        raise ApiError(
+            f"Host {host or '(none)'!r} is not allowed: without API_KEYS the service answers only on "
+            "localhost. Add the name to ALLOWED_HOSTS, or set API_KEYS.",
+            status=403,
+            code="host_not_allowed",
+        )
+    origin = request.headers.get("Origin")
+    cors_allowed = bool(origin) and (origin in config["CORS_ORIGINS"] or "*" in config["CORS_ORIGINS"])
+    own = origin == f"{request.scheme}://{request.host}"
+    cross_site = request.headers.get("Sec-Fetch-Site") == "cross-site"
+    if (origin and not own and not cors_allowed) or (cross_site and not cors_allowed):
+        raise ApiError(
+            "Cross-site requests from web pages are refused: allow the page's origin in CORS_ORIGINS, or set API_KEYS.",
+            status=403,
+            code="cross_site_refused",
+        )
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:5000`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0].lower()
+    return host.rpartition(":")[0].lower() if host.count(":") == 1 else host.lower()
 
 
 def _answer_preflight() -> Response | None:

@@ -28,6 +28,7 @@ DEFAULTS = {
     "LOG_LEVEL": "INFO",
     "API_KEYS": "",  # comma-separated; empty means open, as for a laptop
     "CORS_ORIGINS": "",  # comma-separated origins, or *; empty means no CORS
+    "ALLOWED_HOSTS": "",  # without API_KEYS, Host names answered besides loopback ones
     "MAX_BODY_BYTES": 10 * 1024 * 1024,
     # Serving by `python app.py` (gunicorn); see README "Serving".
     # One gevent worker holds hundreds of streams; raise WORKERS on a machine of its own.

@@ -404,3 +404,50 @@ def test_a_line_break_in_the_url_does_not_forge_a_log_line(client, caplog):
     client.get("/v1/models%0a2026-12-02 00:00:00 INFO reverse_api: forged")
     lines = [record.getMessage() for record in caplog.records if "forged" in record.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0] and "\\n2026" in lines[0]
+
+
+# --- web pages --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 200, None),  # curl, the SDKs: no Origin, no Sec-Fetch-Site
+        ({"Host": "127.0.0.1:5000"}, 200, None),
+        ({"Host": "[::1]:5000"}, 200, None),
+        ({"Host": "attacker.example"}, 403, "host_not_allowed"),  # DNS rebinding
+        ({"Host": "localhost.attacker.example"}, 403, "host_not_allowed"),
+        ({"Origin": "https://evil.example"}, 403, "cross_site_refused"),  # a cross-site text/plain POST
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "cross_site_refused"),
+        ({"Origin": "http://localhost"}, 200, None),  # a page the service serves itself
+        ({"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}, 200, None),
+    ],
+)
+def test_without_api_keys_only_local_programs_are_answered(client, fake_qwen, headers, status, code):
+    body = json.dumps({"model": "qwen3.7-plus", "messages": MESSAGES})
+    response = client.post("/v1/chat/completions", data=body, content_type="text/plain", headers=headers)
+    assert response.status_code == status
+    if code:
+        assert response.get_json()["error"]["code"] == code
+        assert fake_qwen.requests == []
+    assert client.get("/health", headers=headers).status_code == (status if status == 403 else 200)
+
+
+def test_allowed_hosts_and_cors_origins_open_what_they_name(app_config, qwen_token, fake_qwen):
+    client = create_app({**app_config, "ALLOWED_HOSTS": "box.lan", "CORS_ORIGINS": "https://ui.example"}).test_client()
+    assert client.get("/v1/models", headers={"Host": "box.lan"}).status_code == 200
+    assert client.get("/v1/models", headers={"Host": "other.lan"}).status_code == 403
+    headers = {"Origin": "https://ui.example", "Sec-Fetch-Site": "cross-site"}
+    assert client.get("/v1/models", headers=headers).status_code == 200
+    assert client.get("/v1/models", headers={**headers, "Origin": "https://evil.example"}).status_code == 403
+
+
+def test_with_api_keys_the_key_decides(app_config, qwen_token, fake_qwen):
+    client = create_app({**app_config, "API_KEYS": "k-0123456789"}).test_client()
+    headers = {"Host": "anything.example", "Origin": "https://evil.example", "Authorization": "Bearer k-0123456789"}
+    assert client.get("/v1/models", headers=headers).status_code == 200
+    assert client.get("/v1/models", headers={**headers, "Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_the_sdk_through_a_real_port_is_unaffected(sdk):
+    assert sdk.chat.completions.create(model="qwen3.7-plus", messages=MESSAGES).choices[0].message.content

@@ -196,7 +196,7 @@ def test_real_client_receives_413_for_an_11_mib_body(app, service):
 def test_huge_declared_length_is_refused_without_reading(service):
     with socket.create_connection(("127.0.0.1", int(service.rsplit(":", 1)[1])), timeout=5) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 10000000000\r\n\r\n{"
         )
         answer = sock.recv(65536)
@@ -250,7 +250,9 @@ def test_one_log_line_per_request_with_id_status_and_time(client, caplog):
 # --- the upstream address is the folder's alone ---------------------------------------------
 
 
-def test_request_fields_cannot_redirect_the_upstream(client, fake_qwen):
+def test_request_fields_cannot_redirect_the_upstream(app_config, qwen_token, fake_qwen):
+    # The Host is the service's (a name it was told to answer to); it never picks the upstream.
+    client = create_app({**app_config, "ALLOWED_HOSTS": "evil.example"}).test_client()
     body = {
         **CHAT,
         "base_url": "http://127.0.0.1:9",
