@@ -15,6 +15,7 @@ ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 REASONING_FORMATS = ("reasoning_content", "think-tags", "hidden")
 THINK_CLOSE = "\n</think>\n\n"
 TEXT_PARTS = ("text", "refusal")
+MAX_REPLY_BYTES = 16 * 1024 * 1024  # what a non-streaming request may collect of a reply
 
 
 class ApiError(Exception):
@@ -191,6 +192,16 @@ def _think_tagged(delta: Delta, thinking: bool) -> tuple[str, bool]:
         text += (THINK_CLOSE if thinking else "") + delta.content
         thinking = False
     return text, thinking
+
+
+def iter_bounded(deltas: Iterable[Delta], limit: int) -> Iterator[Delta]:
+    """The deltas of a reply that is collected whole, refused once their text passes ``limit``."""
+    size = 0
+    for delta in deltas:
+        size += len(delta.content) + len(delta.reasoning)
+        if size > limit:
+            raise upstream_error(f"The upstream's reply is longer than {limit} characters; ask for it streamed.")
+        yield delta
 
 
 def empty_usage() -> dict:

@@ -12,9 +12,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from converters import Delta, upstream_error
+from converters import ApiError, Delta, upstream_error
 
 QUEUE_SIZE = 64  # deltas read ahead of a slow client; past this the reader waits
 OFFER_RETRY_SECONDS = 0.5  # how often a waiting reader checks whether anyone still listens
@@ -110,36 +111,73 @@ def _offer(handoff: queue.Queue, stop: threading.Event, item: tuple) -> bool:
     return False
 
 
-def first_deltas_within(reply: PacedReply, seconds: float) -> list[Delta]:
-    """Up to the first delta that says something (keep-alives dropped, notices kept), as
-    ``pipeline.first_deltas``, but never longer than ``seconds``: past that, a heartbeat
-    commits the stream to HTTP 200."""
-    deadline = time.monotonic() + seconds
-    notices = []
-    try:
-        while True:
-            delta = reply.next_within(deadline - time.monotonic())
-            if delta is None or (delta.heartbeat and time.monotonic() >= deadline):
-                return [*notices, Delta(heartbeat=True)]
-            if delta.is_notice:
-                notices.append(delta)
-            elif not delta.heartbeat:
-                return [*notices, delta]
-    except StopIteration:
-        raise upstream_error("The upstream ended the stream without a reply.", code="upstream_truncated") from None
-    except BaseException:
-        reply.close()
-        raise
+# A heartbeat made here, for the client, when the upstream has been silent: unlike the upstream's
+# own keep-alives (dropped before the first byte), it commits the stream to HTTP 200.
+SILENCE = Delta(heartbeat=True)
+POLL_SECONDS = 1.0  # how often a waiting request looks whether its client is still there
 
 
-def iter_paced(reply: PacedReply, seconds: float) -> Iterator[Delta]:
-    """The reply's deltas, with a heartbeat whenever nothing came for ``seconds``."""
+def client_gone() -> ApiError:
+    """The client closed its connection: nobody waits for this reply any more (499, as nginx logs it)."""
+    return ApiError("The client closed the connection before the reply was complete.", status=499, code="client_gone")
+
+
+@dataclass(frozen=True)
+class Watch:
+    """How one request waits: keep-alives (0: none), an overall deadline, and who is listening."""
+
+    keepalive: float
+    timeout: float  # REQUEST_TIMEOUT: seconds for the whole reply
+    client_gone: Callable[[], bool] = lambda: False
+
+
+def iter_watched(reply: PacedReply, watch: Watch) -> Iterator[Delta]:
+    """The reply's deltas, with SILENCE after ``keepalive`` seconds without a delta for the client,
+    a 504 past the deadline, and an end as soon as the client has left."""
+    started = time.monotonic()
+    deadline, silent_since, looked = started + watch.timeout, started, started
     try:
         while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise upstream_error(
+                    f"The reply took longer than REQUEST_TIMEOUT ({watch.timeout:g} s).",
+                    status=504,
+                    code="upstream_timeout",
+                )
+            if now - looked >= POLL_SECONDS:
+                looked = now
+                if watch.client_gone():
+                    raise client_gone()
+            wait = min(POLL_SECONDS, deadline - now)
+            if watch.keepalive:
+                wait = min(wait, max(0.0, silent_since + watch.keepalive - now))
             try:
-                delta = reply.next_within(seconds)
+                delta = reply.next_within(wait)
             except StopIteration:
                 return
-            yield Delta(heartbeat=True) if delta is None else delta
+            if delta is None or delta.heartbeat:  # the upstream's keep-alives are not for the client yet
+                if watch.keepalive and time.monotonic() - silent_since >= watch.keepalive:
+                    silent_since = time.monotonic()
+                    yield SILENCE
+                if delta is None:
+                    continue
+            else:
+                silent_since = time.monotonic()
+            yield delta
     finally:
         reply.close()
+
+
+def first_deltas_watched(deltas: Iterator[Delta]) -> list[Delta]:
+    """Up to the first delta that says something (upstream keep-alives dropped, notices kept), or
+    SILENCE when the keep-alive comes first and commits the stream."""
+    notices = []
+    for delta in deltas:
+        if delta is SILENCE:
+            return [*notices, delta]
+        if delta.is_notice:
+            notices.append(delta)
+        elif not delta.heartbeat:
+            return [*notices, delta]
+    raise upstream_error("The upstream ended the stream without a reply.", code="upstream_truncated")

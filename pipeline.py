@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from converters import ApiError, ChatRequest, Delta, copy_json, dig, iter_reasoning_format, upstream_error
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
-from keepalive import PacedReply, first_deltas_within, iter_paced
+from keepalive import PacedReply, Watch, first_deltas_watched, iter_watched
 from placeholders import MissingVariables, UnsafePathValue, fill_headers, fill_placeholders, fill_url_path
 from provider_loader import Provider, ids_from_models_answer
 from redaction import redact_headers
@@ -84,22 +84,20 @@ def start_reply(scope: RequestScope, provider: Provider, chat_request: ChatReque
     return _prepend(first_deltas(deltas), deltas)
 
 
-def start_stream(
-    scope: RequestScope, provider: Provider, chat_request: ChatRequest, keepalive: float, reasoning_format: str
+def start_watched_reply(
+    scope: RequestScope, provider: Provider, chat_request: ChatRequest, reasoning_format: str, watch: Watch
 ) -> Iterator[Delta]:
-    """As ``start_reply``, for a stream, with REASONING_FORMAT applied: after ``keepalive`` seconds
-    in which the client would get nothing (before the first delta or later), a heartbeat is
-    yielded, committing the stream to HTTP 200 if nothing else had."""
-    if keepalive <= 0:
-        return iter_reasoning_format(start_reply(scope, provider, chat_request), reasoning_format)
+    """As ``start_reply``, with REASONING_FORMAT applied, read in its own thread so the request can
+    wait the way ``watch`` says: keep-alives while the client would get nothing (committing a
+    stream to HTTP 200), a deadline for the whole reply, and an end when the client leaves."""
 
-    def produce(watch: Callable[[UpstreamReply], None]) -> Iterator[Delta]:
+    def produce(abort_watch: Callable[[UpstreamReply], None]) -> Iterator[Delta]:
         # Formatted in the reader: hidden reasoning is silence for the client, so it must not
         # hold the keep-alive back.
-        return iter_reasoning_format(open_reply(scope, provider, chat_request, watch), reasoning_format)
+        return iter_reasoning_format(open_reply(scope, provider, chat_request, abort_watch), reasoning_format)
 
-    reply = PacedReply(produce)
-    return _prepend(first_deltas_within(reply, keepalive), iter_paced(reply, keepalive))
+    deltas = iter_watched(PacedReply(produce), watch)
+    return _prepend(first_deltas_watched(deltas), deltas)
 
 
 def open_reply(

@@ -23,6 +23,9 @@ DEFAULTS = {
     "UPSTREAM_TIMEOUT": 60.0,
     # A stream silent this long gets an SSE comment (and is committed to HTTP 200); 0 turns it off.
     "KEEPALIVE_SECONDS": 15.0,
+    # The longest one chat request may take, streaming or not: 504 before the first byte, an
+    # error event after. Work nobody waits for stops.
+    "REQUEST_TIMEOUT": 600.0,
     "REASONING_FORMAT": "reasoning_content",
     "POOL_SIZE": 512,
     "LOG_LEVEL": "INFO",
@@ -45,6 +48,7 @@ ENV_TYPES = {
     "PORT": int,
     "UPSTREAM_TIMEOUT": float,
     "KEEPALIVE_SECONDS": float,
+    "REQUEST_TIMEOUT": float,
     "POOL_SIZE": int,
     "MAX_BODY_BYTES": int,
     "WORKERS": int,
@@ -142,6 +146,8 @@ def _convert(key: str, value: str) -> Any:
 def _check(settings: Mapping[str, Any]) -> None:
     if settings["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise SystemExit(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if not math.isfinite(settings["REQUEST_TIMEOUT"]) or settings["REQUEST_TIMEOUT"] <= 0:
+        raise SystemExit("REQUEST_TIMEOUT must be a number of seconds, more than 0")
     if not math.isfinite(settings["KEEPALIVE_SECONDS"]) or settings["KEEPALIVE_SECONDS"] < 0:
         raise SystemExit("KEEPALIVE_SECONDS must be a number of seconds, 0 or more (0 turns keep-alive off)")
     if settings["REASONING_FORMAT"] not in REASONING_FORMATS:

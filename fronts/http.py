@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, g, request
@@ -21,6 +23,25 @@ def request_scope() -> RequestScope:
     if "scope" not in g:
         g.scope = services().scope(g.get("request_id", ""))
     return g.scope
+
+
+def client_gone_check() -> Callable[[], bool]:
+    """Whether this request's client has closed its connection, asked without reading from it."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    # gevent wraps the real socket; its own recv would wait instead of answering at once.
+    sock = getattr(sock, "_sock", sock)
+    if not isinstance(sock, socket.socket):
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""  # b"": the client hung up
+        except (BlockingIOError, InterruptedError):
+            return False  # open, and nothing sent: still waiting for us
+        except OSError:
+            return True
+
+    return gone
 
 
 def json_body() -> Any:

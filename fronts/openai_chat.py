@@ -10,8 +10,8 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 
-from converters import ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_reasoning_format
-from fronts.http import json_body, request_scope, services
+from converters import MAX_REPLY_BYTES, ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_bounded
+from fronts.http import client_gone_check, json_body, request_scope, services
 from fronts.openai_render import (
     CompletionMeta,
     completion_from_deltas,
@@ -19,7 +19,8 @@ from fronts.openai_render import (
     iter_stream_body,
     stream_response,
 )
-from pipeline import start_reply, start_stream
+from keepalive import Watch
+from pipeline import start_watched_reply
 from provider_loader import Provider
 from routing import find_provider, resolve_provider, sorted_providers
 
@@ -49,14 +50,13 @@ def chat_completions() -> Response:
     chat_request = parse_chat_request(json_body())
     provider = resolve_provider(scope.registry, scope.models, chat_request.provider, chat_request.model)
     meta = CompletionMeta.new(chat_request.model)
-    reasoning_format = current_app.config["REASONING_FORMAT"]
+    config = current_app.config
+    keepalive = config["KEEPALIVE_SECONDS"] if chat_request.stream else 0.0
+    watch = Watch(keepalive, config["REQUEST_TIMEOUT"], client_gone_check())
+    deltas = start_watched_reply(scope, provider, chat_request, config["REASONING_FORMAT"], watch)
     if chat_request.stream:
-        keepalive = current_app.config["KEEPALIVE_SECONDS"]
-        deltas = start_stream(scope, provider, chat_request, keepalive, reasoning_format)
-        body = iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact)
-        return stream_response(body)
-    deltas = start_reply(scope, provider, chat_request)
-    return jsonify(completion_from_deltas(iter_reasoning_format(deltas, reasoning_format), meta))
+        return stream_response(iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact))
+    return jsonify(completion_from_deltas(iter_bounded(deltas, MAX_REPLY_BYTES), meta))
 
 
 def list_models() -> Response:

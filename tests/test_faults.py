@@ -605,3 +605,78 @@ def test_client_leaving_while_the_upstream_is_silent_cuts_the_upstream_at_once(r
         assert upstream.peer_closed.wait(3.0), "the upstream stayed open after the client left"
         assert upstream.peer_closed_at - left < 2.0
         assert_still_serving(server.url)
+
+
+# --- work nobody waits for stops ---------------------------------------------------------------
+
+
+def watched_app(raw, tmp_path, **config):
+    root = tmp_path / "porviders"
+    root.mkdir()
+    copy_provider(SHIPPED_QWEN, root / "qwen", host=raw.host, scheme="http")
+    return create_app({"TESTING": True, "PROVIDERS_DIR": str(root), "UPSTREAM_TIMEOUT": 8.0, **config})
+
+
+def _endless(link) -> None:
+    """An answer that never finishes: a delta every 50 ms for as long as anyone reads."""
+    link.send(sse_head() + created_frame())
+    link.stream((answer(f"w{n} ", n + 1) for n in range(100_000)), interval=0.05)
+
+
+@pytest.mark.parametrize("script", [[sse_head(), created_frame(), "hang"], _endless], ids=["silent", "endless"])
+def test_a_non_streaming_client_that_gives_up_stops_the_upstream(raw, tmp_path, qwen_token, script):
+    raw.script(script)
+    with ServerThread(watched_app(raw, tmp_path)) as server:
+        with pytest.raises(requests.Timeout):
+            requests.post(
+                server.url + "/v1/chat/completions", json={"model": "qwen3.7-plus", "messages": MESSAGES}, timeout=0.5
+            )
+        left = time.monotonic()
+        upstream = raw.completion_connections()[0]
+        assert upstream.peer_closed.wait(4.0), "the service went on reading for a client that left"
+        assert upstream.peer_closed_at - left < 3.0
+        assert_still_serving(server.url)
+
+
+def test_a_stream_whose_client_leaves_before_the_first_byte_stops_the_upstream(raw, tmp_path, qwen_token):
+    raw.script([sse_head(), created_frame(), "hang"])
+    with ServerThread(watched_app(raw, tmp_path, KEEPALIVE_SECONDS=30)) as server:
+        body = {"model": "qwen3.7-plus", "messages": MESSAGES, "stream": True}
+        with pytest.raises(requests.Timeout):
+            requests.post(server.url + "/v1/chat/completions", json=body, timeout=0.5)
+        left = time.monotonic()
+        upstream = raw.completion_connections()[0]
+        assert upstream.peer_closed.wait(4.0)
+        assert upstream.peer_closed_at - left < 3.0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_request_timeout_bounds_the_whole_reply(raw, tmp_path, qwen_token, stream):
+    raw.script(_endless)
+    app = watched_app(raw, tmp_path, REQUEST_TIMEOUT=1.5, KEEPALIVE_SECONDS=0.3)
+    started = time.monotonic()
+    with ServerThread(app) as server:
+        body = {"model": "qwen3.7-plus", "messages": MESSAGES, "stream": stream}
+        response = requests.post(server.url + "/v1/chat/completions", json=body, timeout=10)
+        took = time.monotonic() - started
+        if stream:
+            assert response.status_code == 200
+            events = [json.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: {")]
+            assert events[-1]["error"]["code"] == "upstream_timeout"
+            assert response.text.rstrip().endswith("data: [DONE]")
+        else:
+            assert response.status_code == 504
+            assert response.json()["error"]["code"] == "upstream_timeout"
+            assert "REQUEST_TIMEOUT" in response.json()["error"]["message"]
+        assert 1.4 < took < 4.0
+        assert raw.completion_connections()[0].peer_closed.wait(3.0)
+
+
+def test_a_non_streaming_reply_is_bounded(serve, raw, monkeypatch):
+    import fronts.openai_chat
+
+    monkeypatch.setattr(fronts.openai_chat, "MAX_REPLY_BYTES", 5)
+    url = serve(raw.host)
+    response = chat(url)
+    assert response.status_code == 502
+    assert "longer than 5 characters; ask for it streamed" in response.json()["error"]["message"]
