@@ -243,10 +243,12 @@ def health() -> Response:
             "missing_variables": missing,
             "drift": scope.drift.snapshot(name),  # what its streams held that the parser did not know
         }
+        if name in scope.registry.stale:
+            providers[name]["reload_error"] = scope.registry.stale[name]  # serving its last good version
     for name, reason in scope.registry.errors.items():
         providers[name] = {"loaded": False, "error": reason}
     usable = any(p.get("credentials_set") for p in providers.values())
-    healthy = usable and not scope.registry.errors
+    healthy = usable and not scope.registry.errors and not scope.registry.stale
     return jsonify({"status": "ok" if healthy else "degraded", "providers": providers})
 
 

@@ -152,6 +152,15 @@ class Registry:
 
     providers: dict[str, Provider]
     errors: dict[str, str]
+    # Folders whose latest read failed (half-written, say) and that serve their last good version.
+    stale: dict[str, str] = field(default_factory=dict)
+
+    def keeping(self, previous: Registry) -> Registry:
+        """This reading, but a folder that loaded before and fails now keeps its last good version."""
+        kept = {name: previous.providers[name] for name in self.errors if name in previous.providers}
+        errors = {name: why for name, why in self.errors.items() if name not in kept}
+        stale = {name: self.errors[name] for name in kept}
+        return Registry({**self.providers, **kept}, errors, stale)
 
 
 def parse_header_text(text: str, source: str = HEADER_FILE) -> CapturedRequest:

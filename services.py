@@ -70,7 +70,8 @@ class Services:
             self._next_check = now + RELOAD_CHECK_SECONDS
             signature = folder_signature(self.providers_dir)
             if signature != self._signature:
-                self._signature, self.registry = signature, self._load()
+                # A folder caught mid-write reads as broken: requests keep its last good version.
+                self._signature, self.registry = signature, self._load().keeping(self.registry)
                 log.info("provider folders changed: loaded %s", ", ".join(sorted(self.registry.providers)) or "none")
         return self.registry
 
@@ -86,7 +87,7 @@ class Services:
     def _load(self) -> Registry:
         registry = load_providers(self.providers_dir)
         for name, reason in registry.errors.items():
-            log.error("provider %s not loaded: %s", name, reason)
+            log.error("provider %s not loaded: %s (its last good version, if any, stays in use)", name, reason)
         return registry
 
     def _redactor_for(self, registry: Registry, file_values: dict[str, str]) -> Redactor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ ENV_TYPES = {
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_FILE_NAME = ".env"
+SETTLE_SECONDS = 0.5
 DEFAULT_ENV_FILE = Path(__file__).resolve().with_name(ENV_FILE_NAME)
 
 
@@ -73,18 +75,27 @@ class EnvFile:
 
     def values(self) -> dict[str, str]:
         version = self._stat()
-        if version != self._version:
+        if version != self._version and self._settled(version):
             # No ${} expansion: values come back exactly as the importer wrote them.
             found = dotenv_values(self.path, interpolate=False) if version else {}
             self._version, self._values = version, {k: v for k, v in found.items() if v is not None}
         return self._values
+
+    def _settled(self, version: tuple | None) -> bool:
+        """A file rewritten in place less than SETTLE_SECONDS ago may be half-written: until it is
+        older, the last values read stay in use. A file renamed into place (a new inode, as the
+        importer writes it) is whole at once."""
+        if version is None or self._version is None or version[0] != self._version[0]:
+            return True
+        age = time.time() - version[1] / 1e9
+        return age >= SETTLE_SECONDS or age < 0  # a modification time ahead of the clock: nothing to wait for
 
     def _stat(self) -> tuple | None:
         try:
             found = self.path.stat() if self.path else None
         except OSError:
             return None
-        return (found.st_mtime_ns, found.st_size) if found and stat.S_ISREG(found.st_mode) else None
+        return (found.st_ino, found.st_mtime_ns, found.st_size) if found and stat.S_ISREG(found.st_mode) else None
 
 
 def lookup(name: str, file_values: Mapping[str, str]) -> str | None:

@@ -696,17 +696,18 @@ def test_reload_sees_a_broken_folder_and_the_others_keep_working(instant_reload,
     (other / "metadata.json").write_text('{"host": "x", ')  # cut mid-edit
     health = client.get("/health").get_json()
     assert health["status"] == "degraded"
-    assert health["providers"]["other"]["loaded"] is False
-    assert "metadata.json" in health["providers"]["other"]["error"]
+    # The broken read is reported, and the folder's last good version keeps serving.
+    assert health["providers"]["other"]["loaded"] is True
+    assert "metadata.json" in health["providers"]["other"]["reload_error"]
     assert health["providers"]["qwen"]["loaded"] is True
-    assert "other-model" not in model_ids(client)
+    assert "other-model" in model_ids(client)
     assert chat(client, "qwen3.7-plus").status_code == 200
-    response = chat(client, "other-model", provider="other")
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "provider_unavailable"
-    # fixed again: back without a restart
+    assert chat(client, "other-model", provider="other").status_code == 200
+    # fixed again: the report goes away without a restart
     (other / "metadata.json").write_text(good_metadata + " ")
-    assert client.get("/health").get_json()["providers"]["other"]["loaded"] is True
+    health = client.get("/health").get_json()
+    assert health["providers"]["other"]["loaded"] is True and "reload_error" not in health["providers"]["other"]
+    assert health["status"] == "ok"
     assert chat(client, "other-model").status_code == 200
 
 

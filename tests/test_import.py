@@ -13,6 +13,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from dotenv import dotenv_values
 import importer.folder as folder_module
 import provider_loader
 import services
+import settings
 from app import create_app
 from importer.capture import Capture, parse_curl, parse_har, split_shell_words
 from importer.folder import detect_dialect, import_capture, write_env_values
@@ -1132,6 +1135,13 @@ def ensure_newer(path: Path, than_ns: int) -> None:
         os.utime(path, ns=(than_ns + 10_000_000, than_ns + 10_000_000))
 
 
+def settled(path: Path) -> None:
+    """An edit made in place a moment ago: older than the settling time, so the service reads it
+    (a file rewritten in place this instant may be half-written, and is read once it settles)."""
+    when = time.time() - settings.SETTLE_SECONDS - 0.2
+    os.utime(path, (when, when))
+
+
 @pytest.fixture
 def live(tmp_path, fake_qwen, monkeypatch):
     """qwen2 imported from a capture of the fake Qwen, and the service running on it."""
@@ -1219,6 +1229,7 @@ def test_variable_added_to_env_after_start(live, fake_qwen):
     sdk, providers, env_file, _ = live
     lines = env_file.read_text().splitlines()
     write(env_file, "\n".join(line for line in lines if not line.startswith("QWEN2_TOKEN=")) + "\n")
+    settled(env_file)
     with pytest.raises(openai.AuthenticationError) as caught:
         ask(sdk, "qwen2")
     assert caught.value.code == "upstream_credential_missing"
@@ -1229,6 +1240,7 @@ def test_variable_added_to_env_after_start(live, fake_qwen):
     with env_file.open("a", encoding="utf-8") as handle:
         handle.write("QWEN2_TOKEN='added-after-start'\n")
     ensure_newer(env_file, env_mtime)
+    settled(env_file)
     assert ask(sdk, "qwen2", stream=True) == "Hello world"
     assert [call["headers"]["Authorization"] for call in fake_qwen.requests] == ["Bearer added-after-start"] * 2
 
@@ -1531,3 +1543,42 @@ def test_captured_prompt_with_placeholder_syntax_still_loads(tmp_path, capsys):
     provider = Provider.from_dir(tmp_path / "p" / "tpl")
     assert provider.required_variables() == []
     assert "Explain" not in (tmp_path / "p" / "tpl" / "payload.json").read_text()
+
+
+# --- files written and read while they change ---------------------------------------------------
+
+
+def test_reimporting_a_live_provider_fails_no_request(live, fake_qwen):
+    sdk, providers, env_file, tmp_path = live
+    capture = write(tmp_path / "again.sh", chrome_qwen(base=fake_qwen.url, token="captured-secret-token"))
+    failures, done = [], threading.Event()
+
+    def keep_asking():
+        while not done.is_set():
+            try:
+                assert ask(sdk, "qwen2") == "Hello world"
+            except Exception as exc:  # any failure counts: 503, 401, a mixed answer
+                failures.append(repr(exc)[:200])
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        for _ in range(20):
+            import_capture("qwen2", capture, providers, env_file, force=True)
+            time.sleep(0.02)
+    finally:
+        done.set()
+        asker.join(30)
+    assert failures == []
+
+
+def test_a_half_written_env_file_keeps_the_last_good_values(live, fake_qwen):
+    sdk, _, env_file, _ = live
+    good = env_file.read_text()
+    assert ask(sdk, "qwen2") == "Hello world"  # the service has read the good values
+    env_file.write_text("")  # an editor that truncates, then writes: caught in between
+    assert ask(sdk, "qwen2") == "Hello world"
+    env_file.write_text(good.replace("captured-secret-token", "edited-token-value"))
+    settled(env_file)
+    assert ask(sdk, "qwen2") == "Hello world"
+    assert fake_qwen.requests[-1]["headers"]["Authorization"] == "Bearer edited-token-value"
