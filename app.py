@@ -5,8 +5,10 @@ Everything else has a home of its own; see README "Development" for the layout a
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
+import math
 import os
 import sys
 import time
@@ -18,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 import fronts
 from converters import ApiError
-from fronts.http import request_scope
+from fronts.http import read_body, request_scope
 from services import Services
 from settings import load_settings, split_list
 
@@ -153,12 +155,9 @@ def _limit_body() -> None:
 
 
 def _discard_input(length: int) -> None:
-    stream = request.environ["wsgi.input"]
-    while length > 0:
-        chunk = stream.read(min(length, 64 * 1024))
-        if not chunk:
-            return
-        length -= len(chunk)
+    """Read an oversized body to its end (within CLIENT_TIMEOUT), so the client reads the 413."""
+    with contextlib.suppress(ApiError):  # a client too slow for that: the connection closes
+        read_body(length, current_app.config["CLIENT_TIMEOUT"], request.environ["wsgi.input"], keep=False)
 
 
 def _check_api_key() -> None:
@@ -303,7 +302,9 @@ def gunicorn_args(settings: dict) -> list[str]:
         f"--backlog={settings['BACKLOG']}",
         "--timeout=120",  # async workers heartbeat while streaming; this only catches a stuck worker
         "--graceful-timeout=30",
-        "--keep-alive=75",
+        # gunicorn's async workers bound the wait for a request's headers by --keep-alive (idle
+        # keep-alive connections and half-sent headers alike): CLIENT_TIMEOUT is that bound.
+        f"--keep-alive={max(1, math.ceil(settings['CLIENT_TIMEOUT']))}",  # whole seconds, for gunicorn
         f"--log-level={settings['LOG_LEVEL'].lower()}",
     ]
 

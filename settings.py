@@ -34,6 +34,9 @@ DEFAULTS = {
     "CORS_ORIGINS": "",  # comma-separated origins, or *; empty means no CORS
     "ALLOWED_HOSTS": "",  # without API_KEYS, Host names answered besides loopback ones
     "MAX_BODY_BYTES": 10 * 1024 * 1024,
+    # The longest a client may take to send a request's headers, or its body: a slow or idle
+    # client is dropped, so it cannot hold every connection slot.
+    "CLIENT_TIMEOUT": 20.0,
     # Serving by `python app.py` (gunicorn); see README "Serving".
     # One gevent worker holds hundreds of streams; raise WORKERS on a machine of its own.
     "WORKERS": 1,
@@ -52,6 +55,7 @@ ENV_TYPES = {
     "REQUEST_TIMEOUT": float,
     "POOL_SIZE": int,
     "MAX_BODY_BYTES": int,
+    "CLIENT_TIMEOUT": float,
     "WORKERS": int,
     "WORKER_CONNECTIONS": int,
     "THREADS": int,
@@ -157,8 +161,9 @@ def _convert(key: str, value: str) -> Any:
 def _check(settings: Mapping[str, Any]) -> None:
     if settings["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise SystemExit(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-    if not math.isfinite(settings["REQUEST_TIMEOUT"]) or settings["REQUEST_TIMEOUT"] <= 0:
-        raise SystemExit("REQUEST_TIMEOUT must be a number of seconds, more than 0")
+    for name in ("REQUEST_TIMEOUT", "CLIENT_TIMEOUT"):
+        if not math.isfinite(settings[name]) or settings[name] <= 0:
+            raise SystemExit(f"{name} must be a number of seconds, more than 0")
     if not math.isfinite(settings["KEEPALIVE_SECONDS"]) or settings["KEEPALIVE_SECONDS"] < 0:
         raise SystemExit("KEEPALIVE_SECONDS must be a number of seconds, 0 or more (0 turns keep-alive off)")
     if settings["REASONING_FORMAT"] not in REASONING_FORMATS:

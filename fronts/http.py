@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, g, request
+from werkzeug.exceptions import ClientDisconnected
 
 from converters import ApiError
 from services import RequestScope, Services
+
+READ_CHUNK = 64 * 1024
 
 
 def services() -> Services:
@@ -44,9 +48,55 @@ def client_gone_check() -> Callable[[], bool]:
     return gone
 
 
+def client_socket() -> socket.socket | None:
+    """The connection to the client, as the server hands it over (gevent's wrapper under gunicorn)."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    return sock if hasattr(sock, "settimeout") else None
+
+
+def read_body(length: int | None, seconds: float, stream: Any = None, keep: bool = True) -> bytes:
+    """The request body (``length`` bytes, or to its end), received within ``seconds`` in all: a
+    client that sends a byte now and then cannot hold a connection slot (408, connection closed).
+    With ``keep`` false it is read and dropped (draining an oversized body)."""
+    sock, deadline = client_socket(), time.monotonic() + seconds
+    previous = sock.gettimeout() if sock else None
+    source = stream or request.stream
+    chunks, received = [], 0
+    try:
+        while length is None or received < length:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if sock is not None:
+                sock.settimeout(remaining)
+            try:
+                chunk = source.read(READ_CHUNK if length is None else min(READ_CHUNK, length - received))
+            except ClientDisconnected:
+                # Under gunicorn a receive that timed out reads as a body cut short.
+                if time.monotonic() < deadline - 0.05:
+                    raise
+                raise TimeoutError from None
+            if not chunk:
+                break
+            received += len(chunk)
+            if keep:
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            f"The request body did not arrive within CLIENT_TIMEOUT ({seconds:g} s).",
+            status=408,
+            code="request_timeout",
+            headers={"Connection": "close"},
+        ) from None
+    finally:
+        if sock is not None:
+            sock.settimeout(previous)  # streaming the answer must not inherit the deadline
+    return b"".join(chunks)
+
+
 def json_body() -> Any:
     """The request body as JSON; over MAX_BODY_BYTES (a chunked body) it is a 413."""
-    raw = request.get_data(cache=False)
+    raw = read_body(request.content_length, current_app.config["CLIENT_TIMEOUT"])
     limit = current_app.config["MAX_BODY_BYTES"]
     if len(raw) > limit:
         raise ApiError(

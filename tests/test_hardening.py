@@ -7,7 +7,9 @@ import gzip
 import json
 import os
 import re
+import socket
 import threading
+import time
 from pathlib import Path
 
 import openai
@@ -20,7 +22,7 @@ from app import create_app
 from importer.folder import import_capture
 from provider_loader import Provider, ProviderError, load_providers
 from tests.conftest import SHIPPED_QWEN, copy_provider
-from tests.fake_qwen import Reply, answer_frames, created_frame, delta_frame, sse_reply
+from tests.fake_qwen import Reply, ServerThread, answer_frames, created_frame, delta_frame, sse_reply
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 DEEP = 100_000  # far past Python's recursion limit
@@ -451,3 +453,21 @@ def test_with_api_keys_the_key_decides(app_config, qwen_token, fake_qwen):
 
 def test_the_sdk_through_a_real_port_is_unaffected(sdk):
     assert sdk.chat.completions.create(model="qwen3.7-plus", messages=MESSAGES).choices[0].message.content
+
+
+# --- slow clients ----------------------------------------------------------------------------------
+
+
+def test_a_body_that_trickles_in_is_a_408_within_client_timeout(app_config, qwen_token, fake_qwen):
+    app = create_app({**app_config, "CLIENT_TIMEOUT": 1.0})
+    with ServerThread(app) as server, socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        for _ in range(3):  # a byte now and then keeps a per-read timeout from ever firing
+            time.sleep(0.4)
+            sock.sendall(b" ")
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"request_timeout" in answer
+        assert time.monotonic() - started < 3
+        assert fake_qwen.requests == []

@@ -154,3 +154,47 @@ def test_client_leaving_mid_stream_closes_the_upstream_under_gunicorn(served, fa
         left = time.monotonic()
     assert fake_qwen.cut.wait(timeout=3)  # the upstream saw its connection go before its 5 s end
     assert time.monotonic() - left < 2.5
+
+
+# --- slow clients ------------------------------------------------------------------------------
+
+
+def test_slow_and_idle_clients_cannot_hold_every_connection_slot(providers_dir, fake_qwen, monkeypatch):
+    # 20 connection slots, all taken: idle sockets, half-sent headers, bodies that never come.
+    monkeypatch.setenv("CLIENT_TIMEOUT", "2")
+    monkeypatch.setenv("WORKER_CONNECTIONS", "20")
+    process, url = start([sys.executable, str(ROOT / "app.py")], providers_dir)
+    port = int(url.rsplit(":", 1)[1])
+    hogs = []
+    try:
+        for n in range(24):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if n % 3 == 1:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never end
+            elif n % 3 == 2:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+            hogs.append(sock)
+        started = time.monotonic()
+        body = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
+        response = requests.post(url + "/v1/chat/completions", json=body, timeout=15)
+        waited = time.monotonic() - started
+        assert response.status_code == 200
+        assert waited < 6, f"served only after {waited:.1f} s"
+        # The body that never came got a 408 and its connection closed.
+        answers = [_read_all(sock) for n, sock in enumerate(hogs) if n % 3 == 2]
+        assert any(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[:2]
+    finally:
+        for sock in hogs:
+            sock.close()
+        stop(process)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    return data
