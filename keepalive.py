@@ -156,15 +156,16 @@ def iter_watched(reply: PacedReply, watch: Watch) -> Iterator[Delta]:
                 delta = reply.next_within(wait)
             except StopIteration:
                 return
-            if delta is None or delta.heartbeat:  # the upstream's keep-alives are not for the client yet
-                if watch.keepalive and time.monotonic() - silent_since >= watch.keepalive:
-                    silent_since = time.monotonic()
-                    yield SILENCE
-                if delta is None:
-                    continue
-            else:
+            if delta is not None and not delta.heartbeat:
+                silent_since = now  # close enough, and one clock read fewer per delta
+                yield delta
+                continue
+            # Silence, or the upstream's own keep-alive (which is not for the client yet).
+            if watch.keepalive and time.monotonic() - silent_since >= watch.keepalive:
                 silent_since = time.monotonic()
-            yield delta
+                yield SILENCE
+            if delta is not None:
+                yield delta
     finally:
         reply.close()
 
