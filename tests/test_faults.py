@@ -538,20 +538,9 @@ def test_client_leaving_closes_the_upstream_connection(raw, serve):
     raw.script(_ticks)
     url = serve(raw.host)
     body = {"model": "qwen3.7-plus", "messages": MESSAGES, "stream": True}
-    with requests.Session() as session:
-        response = session.post(url + "/v1/chat/completions", json=body, stream=True, timeout=5)
-        assert response.status_code == 200
-        received = b""
-        for piece in response.iter_content(chunk_size=None):
-            received += piece
-            if b'"content":"tick0 "' in received:
-                break
-        left = time.monotonic()
-        response.close()
-    upstream = raw.completion_connections()[0]
-    assert upstream.peer_closed.wait(3.0), "the service kept reading from the upstream after the client left"
-    assert upstream.peer_closed_at - left < 2.0
-    assert upstream.finished.wait(2.0)
+    left = leave_stream_at(url, body, b'"content":"tick0 "')
+    assert_upstream_closed_soon(raw, left, "the service kept reading from the upstream after the client left")
+    assert raw.completion_connections()[0].finished.wait(2.0)
     assert_still_serving(url)
 
 
@@ -592,19 +581,27 @@ def test_client_leaving_while_the_upstream_is_silent_cuts_the_upstream_at_once(r
     app = create_app({"TESTING": True, "PROVIDERS_DIR": str(root), "UPSTREAM_TIMEOUT": 8.0, "KEEPALIVE_SECONDS": 0.2})
     body = {"model": "qwen3.7-plus", "messages": MESSAGES, "stream": True}
     with ServerThread(app) as server:
-        response = requests.post(server.url + "/v1/chat/completions", json=body, stream=True, timeout=5)
+        left = leave_stream_at(server.url, body, b": keep-alive")
+        assert_upstream_closed_soon(raw, left, "the upstream stayed open after the client left")
+        assert_still_serving(server.url)
+
+
+def leave_stream_at(url: str, body: dict, marker: bytes) -> float:
+    """Read a stream until ``marker`` arrives, then leave; returns when the client left."""
+    with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=5) as response:
         assert response.status_code == 200
         received = b""
         for piece in response.iter_content(chunk_size=None):
             received += piece
-            if b": keep-alive" in received:
+            if marker in received:
                 break
-        left = time.monotonic()
-        response.close()
-        upstream = raw.completion_connections()[0]
-        assert upstream.peer_closed.wait(3.0), "the upstream stayed open after the client left"
-        assert upstream.peer_closed_at - left < 2.0
-        assert_still_serving(server.url)
+        return time.monotonic()
+
+
+def assert_upstream_closed_soon(raw, left: float, message: str) -> None:
+    upstream = raw.completion_connections()[0]
+    assert upstream.peer_closed.wait(3.0), message
+    assert upstream.peer_closed_at - left < 2.0
 
 
 # --- work nobody waits for stops ---------------------------------------------------------------
