@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import logging
 import math
 import os
@@ -28,7 +29,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Past this, an oversized body is not read to its end: the connection is closed instead.
 DRAIN_LIMIT = 64 * 1024 * 1024
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
-LOOPBACK_NAMES = frozenset({"localhost", "::1", "0:0:0:0:0:0:0:1"})
 
 log = logging.getLogger("reverse_api")
 
@@ -103,7 +103,7 @@ def _refuse_web_pages() -> None:
     if config["API_KEYS"]:
         return
     host = _host_name(request.host or "")
-    if not (host in LOOPBACK_NAMES or host.startswith("127.") or host in config["ALLOWED_HOSTS"]):
+    if not (_is_loopback(host) or host in config["ALLOWED_HOSTS"]):
         raise ApiError(
             f"Host {host or '(none)'!r} is not allowed: without API_KEYS the service answers only on "
             "localhost. Add the name to ALLOWED_HOSTS, or set API_KEYS.",
@@ -120,6 +120,16 @@ def _refuse_web_pages() -> None:
             status=403,
             code="cross_site_refused",
         )
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address written as one (never a name that starts with 127.)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_name(host: str) -> str:

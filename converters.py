@@ -198,10 +198,15 @@ def iter_bounded(deltas: Iterable[Delta], limit: int) -> Iterator[Delta]:
     """The deltas of a reply that is collected whole, refused once their text passes ``limit``."""
     size = 0
     for delta in deltas:
-        size += len(delta.content) + len(delta.reasoning)
+        size += len(delta.content) + len(delta.reasoning) + sum(map(_call_size, delta.tool_calls or ()))
         if size > limit:
             raise upstream_error(f"The upstream's reply is longer than {limit} characters; ask for it streamed.")
         yield delta
+
+
+def _call_size(fragment: Any) -> int:
+    function = fragment.get("function") if isinstance(fragment, dict) else None
+    return sum(len(value) for value in function.values() if isinstance(value, str)) if isinstance(function, dict) else 0
 
 
 def empty_usage() -> dict:

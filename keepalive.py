@@ -26,11 +26,15 @@ class Abort:
 
     def __init__(self) -> None:
         self._replies: list[Any] = []
+        self._fired = False
 
     def watch(self, reply: Any) -> None:
         self._replies.append(reply)
+        if self._fired:  # opened after the client left (its headers were still on the way)
+            reply.abort()
 
     def __call__(self) -> None:
+        self._fired = True
         for reply in self._replies:
             reply.abort()
 

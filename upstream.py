@@ -125,7 +125,10 @@ class UpstreamReply:
 
     def abort(self) -> None:
         """Cut the connection now, even while another thread or greenlet is blocked reading it
-        (a client that left); a reply already closed, its connection back in the pool, is left alone."""
+        (a client that left); a reply already closed, its connection back in the pool, is left alone.
+
+        Only the socket is shut down: the reader, woken by it, closes the reply itself (closing it
+        from here, under its feet, is a reentrant call into its buffered reader)."""
         with self._lock:
             if self._closed:
                 return
@@ -133,7 +136,6 @@ class UpstreamReply:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-        self.close()
 
     def _socket(self) -> socket.socket | None:
         """The socket under the answer: the connection's, or, when the upstream said

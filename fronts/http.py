@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import json
 import socket
 import time
@@ -32,9 +33,10 @@ def request_scope() -> RequestScope:
 def client_gone_check() -> Callable[[], bool]:
     """Whether this request's client has closed its connection, asked without reading from it."""
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    # gevent wraps the real socket; its own recv would wait instead of answering at once.
+    # gevent wraps the real socket (and replaces socket.socket): ask the real one, whose recv
+    # answers at once where gevent's would wait.
     sock = getattr(sock, "_sock", sock)
-    if not isinstance(sock, socket.socket):
+    if not isinstance(sock, _socket.socket):
         return lambda: False
 
     def gone() -> bool:

@@ -53,7 +53,8 @@ def iter_stream_body(
         yield from iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
     except ApiError as exc:
         body = error_body(exc, redact)
-        log.warning("stream %s ended with an error: %s", meta.id, body["error"]["message"])
+        shown = body["error"]["message"].encode("unicode_escape").decode("ascii")  # upstream text: one log line
+        log.warning("stream %s ended with an error: %s", meta.id, shown)
         yield format_sse(body)
         yield DONE
     except Exception:  # a bug must still end the stream the way clients understand
@@ -141,7 +142,7 @@ def completion_from_deltas(deltas: Iterable[Delta], meta: CompletionMeta) -> dic
     if any(reasoning):
         message["reasoning_content"] = "".join(reasoning)
     if tool_calls:
-        message["tool_calls"] = [tool_calls[index] for index in sorted(tool_calls)]
+        message["tool_calls"] = [_joined(tool_calls[index]) for index in sorted(tool_calls)]
         message["content"] = message["content"] or None
     return {
         "id": meta.id,
@@ -155,15 +156,21 @@ def completion_from_deltas(deltas: Iterable[Delta], meta: CompletionMeta) -> dic
 
 
 def merge_tool_calls(calls: dict[int, dict], deltas: list) -> None:
-    """Join streamed tool-call fragments by index, as the OpenAI SDK's accumulator does."""
+    """Gather streamed tool-call fragments by index, as the OpenAI SDK's accumulator does; the
+    pieces are kept in lists and joined once (adding strings up is quadratic in a long call)."""
     for fragment in deltas:
         if not isinstance(fragment, dict):
             continue
         call = calls.setdefault(
-            as_int(fragment.get("index")), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            as_int(fragment.get("index")), {"id": "", "type": "function", "function": {"name": [], "arguments": []}}
         )
         call["id"] = as_str(fragment.get("id")) or call["id"]
         call["type"] = as_str(fragment.get("type")) or call["type"]
         function = as_dict(fragment.get("function"))
-        call["function"]["name"] += as_str(function.get("name"))
-        call["function"]["arguments"] += as_str(function.get("arguments"))
+        call["function"]["name"].append(as_str(function.get("name")))
+        call["function"]["arguments"].append(as_str(function.get("arguments")))
+
+
+def _joined(call: dict) -> dict:
+    function = call["function"]
+    return {**call, "function": {"name": "".join(function["name"]), "arguments": "".join(function["arguments"])}}

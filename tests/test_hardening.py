@@ -419,6 +419,8 @@ def test_a_line_break_in_the_url_does_not_forge_a_log_line(client, caplog):
         ({"Host": "[::1]:5000"}, 200, None),
         ({"Host": "attacker.example"}, 403, "host_not_allowed"),  # DNS rebinding
         ({"Host": "localhost.attacker.example"}, 403, "host_not_allowed"),
+        ({"Host": "127.evil.example:5000"}, 403, "host_not_allowed"),  # a name, not a loopback address
+        ({"Host": "127.0.0.1.nip.io"}, 403, "host_not_allowed"),
         ({"Origin": "https://evil.example"}, 403, "cross_site_refused"),  # a cross-site text/plain POST
         ({"Sec-Fetch-Site": "cross-site"}, 403, "cross_site_refused"),
         ({"Origin": "http://localhost"}, 200, None),  # a page the service serves itself

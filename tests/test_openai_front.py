@@ -443,3 +443,21 @@ def test_completion_end_to_end_from_qwen_frames():
     assert message["content"] == "Hello world"
     assert message["reasoning_content"] == "Plan."
     assert completion["usage"] == usage_total(10, 2)
+
+
+def test_a_collected_reply_counts_tool_call_arguments_against_its_bound():
+    from converters import iter_bounded
+
+    fragment = {"index": 0, "function": {"arguments": "x" * 600}}
+    with pytest.raises(ApiError, match="longer than 1000 characters"):
+        list(iter_bounded([Delta(tool_calls=[fragment]), Delta(tool_calls=[fragment])], 1000))
+
+
+def test_long_tool_calls_are_joined_once():
+    pieces = [
+        Delta(tool_calls=[{"index": 0, "id": "c", "function": {"name": "f" if n == 0 else "", "arguments": "ab"}}])
+        for n in range(5000)
+    ]
+    completion = completion_from_deltas([*pieces, Delta(usage=USAGE, finish_reason="tool_calls")], meta())
+    call = completion["choices"][0]["message"]["tool_calls"][0]
+    assert call == {"id": "c", "type": "function", "function": {"name": "f", "arguments": "ab" * 5000}}

@@ -16,8 +16,9 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import ROOT, TOKEN
-from tests.fake_qwen import answer_frames, sse_reply
+from tests.conftest import ROOT, TOKEN, copy_provider
+from tests.fake_qwen import answer_frames, created_frame, sse_reply
+from tests.raw_upstream import RawUpstream, sse_head
 
 
 def free_port() -> int:
@@ -198,3 +199,44 @@ def _read_all(sock: socket.socket) -> bytes:
     except OSError:
         pass
     return data
+
+
+def raw_providers(tmp_path: Path, host: str) -> Path:
+    root = tmp_path / "raw-porviders"
+    root.mkdir()
+    copy_provider(ROOT / "porviders" / "qwen", root / "qwen", host=host, scheme="http")
+    return root
+
+
+def test_under_gunicorn_a_client_that_gives_up_stops_the_upstream(tmp_path, monkeypatch):
+    # The gevent worker wraps sockets: the look at the client must still see it leave.
+    with RawUpstream() as raw:
+        raw.script([sse_head(), created_frame(), "hang"])
+        process, url = start([sys.executable, str(ROOT / "app.py")], raw_providers(tmp_path, raw.host))
+        try:
+            body = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
+            with pytest.raises(requests.Timeout):
+                requests.post(url + "/v1/chat/completions", json=body, timeout=1.0)
+            left = time.monotonic()
+            upstream = raw.completion_connections()[0]
+            assert upstream.peer_closed.wait(5.0), "the upstream stayed open after the client left"
+            assert upstream.peer_closed_at - left < 3.5
+        finally:
+            output = stop(process)
+        assert "Traceback" not in output
+
+
+def test_under_gunicorn_request_timeout_is_a_504(tmp_path, monkeypatch):
+    monkeypatch.setenv("REQUEST_TIMEOUT", "2")
+    with RawUpstream() as raw:
+        raw.script([sse_head(), created_frame(), "hang"])
+        process, url = start([sys.executable, str(ROOT / "app.py")], raw_providers(tmp_path, raw.host))
+        try:
+            body = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
+            response = requests.post(url + "/v1/chat/completions", json=body, timeout=15)
+            assert response.status_code == 504
+            assert response.json()["error"]["code"] == "upstream_timeout"
+            assert raw.completion_connections()[0].peer_closed.wait(3.0)
+        finally:
+            output = stop(process)
+        assert "Traceback" not in output
