@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _socket
 import json
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -41,10 +42,12 @@ def client_gone_check() -> Callable[[], bool]:
 
     def gone() -> bool:
         try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""  # b"": the client hung up
-        except (BlockingIOError, InterruptedError):
-            return False  # open, and nothing sent: still waiting for us
-        except OSError:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            # Nothing to read: still waiting for us. Readable: a hang-up (b"") or pipelined bytes.
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return False
+        except (OSError, ValueError):  # closed under us
             return True
 
     return gone
@@ -54,6 +57,13 @@ def client_socket() -> socket.socket | None:
     """The connection to the client, as the server hands it over (gevent's wrapper under gunicorn)."""
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     return sock if hasattr(sock, "settimeout") else None
+
+
+def set_write_timeout(seconds: float) -> None:
+    """How long one write to the client may block before the client counts as gone."""
+    sock = client_socket()
+    if sock is not None:
+        sock.settimeout(seconds)
 
 
 def read_body(length: int | None, seconds: float, stream: Any = None, keep: bool = True) -> bytes:

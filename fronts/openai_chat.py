@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 from converters import MAX_REPLY_BYTES, ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_bounded
-from fronts.http import client_gone_check, json_body, request_scope, services
+from fronts.http import client_gone_check, json_body, request_scope, services, set_write_timeout
 from fronts.openai_render import (
     CompletionMeta,
     completion_from_deltas,
@@ -55,6 +55,9 @@ def chat_completions() -> Response:
     watch = Watch(keepalive, config["REQUEST_TIMEOUT"], client_gone_check())
     deltas = start_watched_reply(scope, provider, chat_request, config["REASONING_FORMAT"], watch)
     if chat_request.stream:
+        # A client that stops reading blocks our writes: past CLIENT_TIMEOUT it is dropped, and
+        # its upstream with it, rather than holding both past REQUEST_TIMEOUT.
+        set_write_timeout(config["CLIENT_TIMEOUT"])
         return stream_response(iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact))
     return jsonify(completion_from_deltas(iter_bounded(deltas, MAX_REPLY_BYTES), meta))
 

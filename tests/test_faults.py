@@ -677,3 +677,26 @@ def test_a_non_streaming_reply_is_bounded(serve, raw, monkeypatch):
     response = chat(url)
     assert response.status_code == 502
     assert "longer than 5 characters; ask for it streamed" in response.json()["error"]["message"]
+
+
+def _flood(link) -> None:
+    """An answer that never finishes and comes as fast as it can be read."""
+    link.send(sse_head() + created_frame())
+    frames = (answer("x" * 2000, n + 1) for n in range(1_000_000))
+    link.stream(frames, interval=0)
+
+
+def test_a_client_that_stops_reading_is_dropped_with_its_upstream(raw, tmp_path, qwen_token):
+    raw.script(_flood)
+    with ServerThread(watched_app(raw, tmp_path, CLIENT_TIMEOUT=1.0)) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        body = json.dumps({"model": "qwen3.7-plus", "messages": MESSAGES, "stream": True}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            client.recv(1024)  # the stream started; from now on the client reads nothing
+            upstream = raw.completion_connections()[0]
+            assert upstream.peer_closed.wait(8.0), "a client that stopped reading held its upstream"
