@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 import fronts
 from converters import ApiError
 from fronts.http import read_body, request_scope
+from redaction import printable
 from services import Services
 from settings import load_settings, split_list
 
@@ -86,14 +87,9 @@ def _start_request() -> None:
 def _finish_request(response: Response) -> Response:
     response.headers["x-request-id"] = g.get("request_id", "")
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    path = _printable(request.path)  # a %0a in the URL must not write a line of its own
+    path = printable(request.path)  # a %0a in the URL must not write a line of its own
     log.info("%s %s %s %d %.1fms", g.get("request_id"), request.method, path, response.status_code, elapsed)
     return response
-
-
-def _printable(text: str) -> str:
-    """Control characters written as escapes, so one log line stays one line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _refuse_web_pages() -> None:

@@ -174,9 +174,9 @@ def iter_watched(reply: PacedReply, watch: Watch) -> Iterator[Delta]:
         reply.close()
 
 
-def first_deltas_watched(deltas: Iterator[Delta]) -> list[Delta]:
+def first_deltas(deltas: Iterator[Delta]) -> list[Delta]:
     """Up to the first delta that says something (upstream keep-alives dropped, notices kept), or
-    SILENCE when the keep-alive comes first and commits the stream."""
+    SILENCE when the service's keep-alive comes first and commits the stream."""
     notices = []
     for delta in deltas:
         if delta is SILENCE:

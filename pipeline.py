@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from converters import ApiError, ChatRequest, Delta, copy_json, dig, iter_reasoning_format, upstream_error
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
-from keepalive import PacedReply, Watch, first_deltas_watched, iter_watched
+from keepalive import PacedReply, Watch, first_deltas, iter_watched
 from placeholders import MissingVariables, UnsafePathValue, fill_headers, fill_placeholders, fill_url_path
 from provider_loader import Provider, ids_from_models_answer
 from redaction import redact_headers
@@ -77,19 +77,14 @@ def request_values(environment: dict[str, str], model: str, chat_id: str, now: f
 # --- a reply ---------------------------------------------------------------------------------
 
 
-def start_reply(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Iterator[Delta]:
-    """Open the upstream reply and pull its first delta before answering, so upstream failures
-    still get a real HTTP status; the connection closes with the iterator."""
-    deltas = open_reply(scope, provider, chat_request)
-    return _prepend(first_deltas(deltas), deltas)
-
-
 def start_watched_reply(
     scope: RequestScope, provider: Provider, chat_request: ChatRequest, reasoning_format: str, watch: Watch
 ) -> Iterator[Delta]:
-    """As ``start_reply``, with REASONING_FORMAT applied, read in its own thread so the request can
-    wait the way ``watch`` says: keep-alives while the client would get nothing (committing a
-    stream to HTTP 200), a deadline for the whole reply, and an end when the client leaves."""
+    """Open the upstream reply, with REASONING_FORMAT applied, and pull its first delta before
+    answering, so upstream failures still get a real HTTP status. It is read in its own thread
+    so the request can wait the way ``watch`` says: keep-alives while the client would get nothing
+    (committing a stream to HTTP 200), a deadline for the whole reply, and an end when the client
+    leaves. The upstream connection closes with the iterator."""
 
     def produce(abort_watch: Callable[[UpstreamReply], None]) -> Iterator[Delta]:
         # Formatted in the reader: hidden reasoning is silence for the client, so it must not
@@ -97,7 +92,7 @@ def start_watched_reply(
         return iter_reasoning_format(open_reply(scope, provider, chat_request, abort_watch), reasoning_format)
 
     deltas = iter_watched(PacedReply(produce), watch)
-    return _prepend(first_deltas_watched(deltas), deltas)
+    return _prepend(first_deltas(deltas), deltas)
 
 
 def open_reply(
@@ -109,8 +104,7 @@ def open_reply(
     """Run the steps, then the completion; ``watch`` sees every upstream reply opened (to abort it)."""
     exchange = new_exchange(scope, provider, chat_request)
     exchange.watch = watch
-    for step in STEPS_BEFORE_COMPLETION:
-        step(exchange)
+    run_steps(exchange)
     return completion(exchange)
 
 
@@ -140,6 +134,12 @@ def create_chat(exchange: Exchange) -> None:
 
 
 STEPS_BEFORE_COMPLETION: tuple[Callable[[Exchange], None], ...] = (create_chat,)
+
+
+def run_steps(exchange: Exchange) -> None:
+    """Every step before the completion, in order."""
+    for step in STEPS_BEFORE_COMPLETION:
+        step(exchange)
 
 
 def completion(exchange: Exchange) -> Iterator[Delta]:
@@ -182,17 +182,6 @@ def iter_upstream_deltas(exchange: Exchange, reply: UpstreamReply) -> Iterator[D
         raise upstream_error(f"The upstream sent an event this service cannot read ({type(exc).__name__}).") from None
     finally:
         reply.close()
-
-
-def first_deltas(deltas: Iterator[Delta]) -> list[Delta]:
-    """Up to the first delta that says something: keep-alives before it are dropped, notices kept."""
-    notices = []
-    for delta in deltas:
-        if delta.is_notice:
-            notices.append(delta)
-        elif not delta.heartbeat:
-            return [*notices, delta]
-    raise upstream_error("The upstream ended the stream without a reply.", code="upstream_truncated")
 
 
 def _prepend(first: list[Delta], rest: Iterator[Delta]) -> Iterator[Delta]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from converters import ApiError, ChatRequest, ContentPart, Delta, Message
-from pipeline import STEPS_BEFORE_COMPLETION, completion, first_deltas, new_exchange
+from keepalive import first_deltas
+from pipeline import completion, new_exchange, run_steps
 from provider_loader import Provider
 from services import RequestScope, Services
 
@@ -136,8 +137,7 @@ def _chat(scope: RequestScope, provider: Provider, model: str, outcome: Outcome)
     request = probe_request(model)
     started = time.monotonic()
     exchange = new_exchange(scope, provider, request)
-    for step in STEPS_BEFORE_COMPLETION:
-        step(exchange)
+    run_steps(exchange)
     if exchange.chat_id:
         outcome.lines.append(f"created a chat in {_ms(started)} ms")
     deltas = completion(exchange)

@@ -47,6 +47,11 @@ def _secret_forms(secret: str) -> set[str]:
     return forms
 
 
+def printable(text: str) -> str:
+    """Control characters written as escapes, so text from outside keeps one log line one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of upstream headers fit for a debug log: credential-like values blanked."""
     return {name: REDACTED if SECRET_HEADER.search(name) else value for name, value in headers.items()}

@@ -33,10 +33,10 @@ def request_scope() -> RequestScope:
 
 def client_gone_check() -> Callable[[], bool]:
     """Whether this request's client has closed its connection, asked without reading from it."""
-    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     # gevent wraps the real socket (and replaces socket.socket): ask the real one, whose recv
     # answers at once where gevent's would wait.
-    sock = getattr(sock, "_sock", sock)
+    wrapped = client_socket()
+    sock = getattr(wrapped, "_sock", wrapped)
     if not isinstance(sock, _socket.socket):
         return lambda: False
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from flask import Response, jsonify
 
 from converters import ApiError, Delta, as_dict, as_int, as_str, empty_usage
-from redaction import Redactor
+from redaction import Redactor, printable
 from streaming import DONE, format_sse, iter_sse_bytes
 
 SYSTEM_FINGERPRINT = "fp_reverse_api"
@@ -53,8 +53,8 @@ def iter_stream_body(
         yield from iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
     except ApiError as exc:
         body = error_body(exc, redact)
-        shown = body["error"]["message"].encode("unicode_escape").decode("ascii")  # upstream text: one log line
-        log.warning("stream %s ended with an error: %s", meta.id, shown)
+        # Upstream text: one log line, whatever it holds.
+        log.warning("stream %s ended with an error: %s", meta.id, printable(body["error"]["message"]))
         yield format_sse(body)
         yield DONE
     except Exception:  # a bug must still end the stream the way clients understand
