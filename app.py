@@ -23,8 +23,9 @@ import fronts
 from converters import ApiError
 from fronts.http import read_body, request_scope
 from redaction import printable
-from services import Services
+from services import DEFAULT_STATE_FILE, Services
 from settings import load_settings, split_list
+from state import StateError, open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Past this, an oversized body is not read to its end: the connection is closed instead.
@@ -233,19 +234,20 @@ def _render_unexpected(error: Exception) -> Response:
 
 
 def health() -> Response:
-    """Per provider: loaded or why not, which credentials are missing (names only), and drift.
+    """Per provider: loaded or why not, which credentials are missing (names only), its accounts'
+    states (never a token), and drift.
 
     "ok" when every folder loaded and at least one provider has its credentials.
     """
     scope = request_scope()
     providers: dict[str, dict] = {}
     for name, provider in scope.registry.providers.items():
-        found = scope.variables(provider)
-        missing = [n for n in provider.required_variables() if n not in found]
+        missing = scope.accounts.accounts(provider, scope.file_values)[0].missing_variables()
         providers[name] = {
             "loaded": True,
             "credentials_set": not missing,
             "missing_variables": missing,
+            "accounts": scope.accounts.health(provider, scope.file_values),
             "drift": scope.drift.snapshot(name),  # what its streams held that the parser did not know
         }
         if name in scope.registry.stale:
@@ -284,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         import probe  # only the command needs it, never a worker
 
         sys.exit(probe.main(args[1:], settings))
+    _check_state_store(settings)
     warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:
         log.warning(warning)
@@ -295,6 +298,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     # A fresh interpreter, so the gevent worker patches sockets before anything imports them.
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", *gunicorn_args(settings), "app:create_app()"])
+
+
+def _check_state_store(settings: dict) -> None:
+    """Open the state store once before serving, so a wrong STATE_URL or a missing STATE_SECRET
+    stops the start with its reason instead of failing every worker."""
+    try:
+        open_store(settings["STATE_URL"], settings["STATE_SECRET"], DEFAULT_STATE_FILE).close()
+    except StateError as exc:
+        sys.exit(f"Cannot open the state store: {exc}")
 
 
 def gunicorn_args(settings: dict) -> list[str]:

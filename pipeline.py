@@ -1,8 +1,9 @@
 """The request pipeline: the upstream steps behind one reply, each a small function.
 
-A reply runs ``STEPS_BEFORE_COMPLETION`` in order (today: open a chat when the folder declares
-it), then the completion itself. A new upstream step (credential refresh, upload) is one more
-function in that tuple. Model lists are fetched here too, through the same upstream client.
+A reply takes an account (refreshing its credential first when it is about to expire), runs
+``STEPS_BEFORE_COMPLETION`` in order (today: open a chat when the folder declares it), then the
+completion itself. Until the first delta that says something, an account the upstream turns
+away is swapped for the next, unseen by the client. Model lists are fetched here too.
 """
 
 from __future__ import annotations
@@ -11,26 +12,27 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from accounts import Account, Lease
 from converters import ApiError, ChatRequest, Delta, copy_json, dig, iter_reasoning_format, upstream_error
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
 from keepalive import PacedReply, Watch, first_deltas, iter_watched
-from placeholders import MissingVariables, UnsafePathValue, fill_headers, fill_placeholders, fill_url_path
+from placeholders import fill_headers, fill_url_path
 from provider_loader import Provider, ids_from_models_answer
-from redaction import redact_headers
+from redaction import Redactor, redact_headers
+from refresh import RETRY_AFTER_FAILURE_SECONDS, refresh_account
 from streaming import SseLineTooLong, iter_data, iter_sse_events
 from upstream import UpstreamClient, UpstreamReply
+from upstream_requests import fill_template, request_headers, request_url, request_values, step_headers, step_url
 
 if TYPE_CHECKING:
     from services import RequestScope
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
 MODELS_BODY_BYTES = 4 * 1024 * 1024
 
 log = logging.getLogger("reverse_api")
@@ -46,9 +48,19 @@ class Exchange:
     chat_request: ChatRequest
     plan: Plan
     now: float
-    environment: dict[str, str]
+    account: Account
     chat_id: str = ""
     watch: Callable[[UpstreamReply], None] | None = None  # told of each upstream reply opened
+    redact: Redactor = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Rotated values live only in the store: blank them too, wherever the upstream echoes them.
+        rotated = self.account.record.get("values", {}).values() if self.account.record.get("values") else ()
+        self.redact = self.scope.redact.with_secrets(rotated) if rotated else self.scope.redact
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return self.account.values
 
     def values(self) -> dict[str, Any]:
         """Environment variables plus the per-request values placeholders may use (a fresh uuid each call)."""
@@ -56,22 +68,9 @@ class Exchange:
 
     @property
     def credential(self) -> str:
-        """The variable an error that blames the credential names."""
+        """The variable an error that blames the credential names (this account's)."""
         names = self.provider.required_variables()
-        return names[0] if names else "the provider's credential"
-
-
-def request_values(environment: dict[str, str], model: str, chat_id: str, now: float) -> dict[str, Any]:
-    values: dict[str, Any] = dict(environment)
-    values.update(
-        chat_id=chat_id,
-        uuid=str(uuid.uuid4()),
-        timestamp=int(now),
-        timestamp_ms=int(now * 1000),
-        model=model,
-        dollar="$",
-    )
-    return values
+        return self.account.variable(names[0]) if names else "the provider's credential"
 
 
 # --- a reply ---------------------------------------------------------------------------------
@@ -101,18 +100,118 @@ def open_reply(
     chat_request: ChatRequest,
     watch: Callable[[UpstreamReply], None] | None = None,
 ) -> Iterator[Delta]:
-    """Run the steps, then the completion; ``watch`` sees every upstream reply opened (to abort it)."""
-    exchange = new_exchange(scope, provider, chat_request)
-    exchange.watch = watch
+    """The reply of the first account that gives one; ``watch`` sees every upstream reply opened.
+
+    An account the upstream turns away before its first delta (a quota, a browser check, a
+    refused credential) is marked so and the next account tries, with a fresh chat. When none is
+    left, the error the last one met is the answer.
+    """
+    # The request is checked once, before any account is taken.
+    DIALECTS[provider.dialect].prepare(chat_request, provider.message_mode == "history")
+    tried: set[str] = set()
+    last_error: ApiError | None = None
+    while True:
+        lease = _choose_account(scope, provider, tried, last_error)
+        try:
+            first, rest = _answer_of(scope, provider, chat_request, lease.account, watch)
+        except ApiError as exc:
+            scope.accounts.release(lease)
+            tried.add(lease.account.id)
+            if not scope.accounts.judge(lease.account, exc):
+                raise
+            log.warning(
+                "%s account %s of %s turned away: %s", scope.request_id, lease.account.id, provider.name, exc.code
+            )
+            last_error = exc
+            continue
+        return _relay(scope, lease, first, rest)
+
+
+def _choose_account(scope: RequestScope, provider: Provider, tried: set[str], last_error: ApiError | None) -> Lease:
+    try:
+        return scope.accounts.choose(provider, scope.file_values, tried, scope.request_id)
+    except ApiError:
+        if last_error is not None:
+            raise last_error from None  # what the upstream said says more than "no account left"
+        raise
+
+
+def _answer_of(
+    scope: RequestScope,
+    provider: Provider,
+    chat_request: ChatRequest,
+    account: Account,
+    watch: Callable[[UpstreamReply], None] | None,
+) -> tuple[list[Delta], Iterator[Delta]]:
+    """One account's attempt up to its first delta; a rejected credential is refreshed and retried once."""
+    account = fresh_account(scope, account)
+    try:
+        return _first_of(new_exchange(scope, provider, chat_request, account, watch))
+    except ApiError as exc:
+        if exc.code != "upstream_credential_rejected" or not account.refreshable:
+            raise
+    account = refresh_account(scope, scope.accounts, account, forced=True)
+    return _first_of(new_exchange(scope, provider, chat_request, account, watch))
+
+
+def fresh_account(scope: RequestScope, account: Account) -> Account:
+    """The account, refreshed first when its token is missing or about to expire. A refresh that
+    fails for no fault of the account leaves its token in use: it may still be accepted."""
+    book = scope.accounts
+    if not account.needs_refresh(time.time(), book.leeway) or account.record.get("retry_at", 0) > time.time():
+        return account
+    try:
+        return refresh_account(scope, book, account, forced=False)
+    except ApiError as exc:
+        if exc.code == "upstream_credential_rejected" or not account.values.get(account.token_variable):
+            raise
+        log.warning(
+            "%s refresh failed (%s); trying again in %g s", scope.request_id, exc.code, RETRY_AFTER_FAILURE_SECONDS
+        )
+        return account
+
+
+def _first_of(exchange: Exchange) -> tuple[list[Delta], Iterator[Delta]]:
+    """Steps, completion, and its deltas up to the first that says something."""
     run_steps(exchange)
-    return completion(exchange)
+    deltas = completion(exchange)
+    leading: list[Delta] = []
+    try:
+        for delta in deltas:
+            leading.append(delta)
+            if not delta.is_notice and not delta.heartbeat:
+                break
+    except BaseException:
+        deltas.close()
+        raise
+    return leading, deltas
 
 
-def new_exchange(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Exchange:
+def _relay(scope: RequestScope, lease: Lease, first: list[Delta], rest: Iterator[Delta]) -> Iterator[Delta]:
+    """The reply, holding its account until it ends; a quota met mid-stream still rests the account."""
+    try:
+        yield from first
+        yield from rest
+    except ApiError as exc:
+        scope.accounts.judge(lease.account, exc, after_first_byte=True)
+        raise
+    finally:
+        rest.close()
+        scope.accounts.release(lease)
+
+
+def new_exchange(
+    scope: RequestScope,
+    provider: Provider,
+    chat_request: ChatRequest,
+    account: Account,
+    watch: Callable[[UpstreamReply], None] | None = None,
+) -> Exchange:
+    """One attempt's state: the account it speaks for, the plan, the time."""
     dialect = DIALECTS[provider.dialect]
-    # Checked once, before anything is sent upstream.
+    # Checked once per attempt, before anything is sent upstream.
     plan = dialect.prepare(chat_request, provider.message_mode == "history")
-    return Exchange(scope, provider, dialect, chat_request, plan, time.time(), scope.variables(provider))
+    return Exchange(scope, provider, dialect, chat_request, plan, time.time(), account, watch=watch)
 
 
 def create_chat(exchange: Exchange) -> None:
@@ -123,13 +222,13 @@ def create_chat(exchange: Exchange) -> None:
         return
     values = exchange.values()
     # The chat does not exist yet: captured headers naming it (a Referer) are left out unless overridden.
-    headers = _fill_headers(provider, _with_overrides(provider.request.headers, step.headers), values, {"chat_id"})
-    body = build_create_chat_body(_fill(provider, provider.create_chat_body, values), exchange.plan.model, exchange.now)
-    with _send(exchange, step.method, _url(provider, step.path, values), headers, body, step.path) as reply:
+    headers = step_headers(provider, step, values, {"chat_id"})
+    body = build_create_chat_body(fill_template(provider, step.body, values), exchange.plan.model, exchange.now)
+    with _send(exchange, step.method, step_url(provider, step, values), headers, body, step.path) as reply:
         data = _read_json_answer(exchange, reply)
-    chat_id = dig(data, provider.create_chat_id_field)
+    chat_id = dig(data, step.id_field)
     if not isinstance(chat_id, str) or not SAFE_ID.fullmatch(chat_id):
-        raise upstream_error(f"The upstream did not return a usable chat id at '{provider.create_chat_id_field}'.")
+        raise upstream_error(f"The upstream did not return a usable chat id at '{step.id_field}'.")
     exchange.chat_id = chat_id
 
 
@@ -146,11 +245,12 @@ def completion(exchange: Exchange) -> Iterator[Delta]:
     """Send the chat request itself and return the stream's deltas."""
     provider = exchange.provider
     values = exchange.values()
-    headers = _fill_headers(provider, provider.request.headers, values)
+    headers = request_headers(provider, values)
     call = UpstreamCall(exchange.plan, exchange.chat_id, exchange.now, provider.message_mode == "history")
     # The template is filled first, so placeholders in the client's own text are never expanded.
-    payload = exchange.dialect.build_payload(_fill(provider, provider.payload, values), exchange.chat_request, call)
-    url = _url(provider, provider.request.path, values)
+    template = fill_template(provider, provider.payload, values)
+    payload = exchange.dialect.build_payload(template, exchange.chat_request, call)
+    url = request_url(provider, provider.request.path, values)
     reply = _send(exchange, provider.request.method, url, headers, payload, provider.request.path)
     return iter_upstream_deltas(exchange, reply)
 
@@ -167,7 +267,7 @@ def build_create_chat_body(template: dict | None, model: str, now: float) -> dic
 
 def iter_upstream_deltas(exchange: Exchange, reply: UpstreamReply) -> Iterator[Delta]:
     """Check the upstream answer, then parse its SSE stream; always release the connection."""
-    redact = exchange.scope.redact
+    redact = exchange.redact
     try:
         if reply.status != 200 or "text/event-stream" not in reply.content_type:
             raise _answer_error(exchange, reply, redact(reply.read_text()))
@@ -218,7 +318,7 @@ def _send(exchange: Exchange, method: str, url: str, headers: dict, payload: Any
     if log.isEnabledFor(logging.DEBUG):
         # The path as the folder writes it (placeholders, never their values), credential-like
         # headers by name, and any secret value wherever it stands.
-        shown = exchange.scope.redact(str(redact_headers(headers)))
+        shown = exchange.redact(str(redact_headers(headers)))
         path = template.split("?")[0]
         log.debug("%s upstream %s %s%s headers=%s", exchange.scope.request_id, method, provider.host, path, shown)
     reply = exchange.scope.upstream.send(provider.name, method, url, headers, payload)
@@ -229,7 +329,7 @@ def _send(exchange: Exchange, method: str, url: str, headers: dict, payload: Any
 
 def _read_json_answer(exchange: Exchange, reply: UpstreamReply) -> Any:
     # Blanked here, before any message quotes and trims it: a secret cut in half would not match.
-    body = exchange.scope.redact(reply.read_text())
+    body = exchange.redact(reply.read_text())
     if reply.status >= 300 or "json" not in reply.content_type:
         raise _answer_error(exchange, reply, body)
     try:
@@ -245,82 +345,3 @@ def _answer_error(exchange: Exchange, reply: UpstreamReply, body: str) -> ApiErr
     """The dialect's reading of an upstream answer that is not the expected stream."""
     answer = UpstreamAnswer(reply.status, reply.content_type, body, reply.headers.get("Retry-After"))
     return exchange.dialect.read_error(answer, exchange.credential)
-
-
-def _url(provider: Provider, path: str, values: dict) -> str:
-    """A filled path must stay one path on the provider's host: each value one segment, no spaces,
-    line breaks or fragments."""
-    try:
-        filled = fill_url_path(path, values)
-    except MissingVariables as exc:
-        raise _missing_variables_error(provider, exc) from None
-    except UnsafePathValue as exc:
-        raise ApiError(
-            f'Provider "{provider.name}": the value of {exc} filled into the request path would leave its segment.',
-            status=400,
-            code="invalid_value",
-        ) from None
-    if not SAFE_PATH.fullmatch(filled):
-        raise ApiError(
-            f'Provider "{provider.name}": a value filled into the request path is not URL-safe.',
-            status=400,
-            code="invalid_value",
-        )
-    return provider.base_url + filled
-
-
-def _with_overrides(headers: tuple[tuple[str, str], ...], overrides: tuple[tuple[str, str], ...]) -> list:
-    replaced = {name.lower() for name, _ in overrides}
-    return [h for h in headers if h[0].lower() not in replaced] + list(overrides)
-
-
-def _fill(provider: Provider, value: Any, values: dict) -> Any:
-    try:
-        return fill_placeholders(value, values)
-    except MissingVariables as exc:
-        raise _missing_variables_error(provider, exc) from None
-
-
-def _fill_headers(provider: Provider, headers: Any, values: dict, unset: set[str] | None = None) -> dict[str, str]:
-    """Fill header values; headers naming an unset optional variable (or one of ``unset``) are left out."""
-    try:
-        filled = fill_headers(headers, values, provider.optional_variables | (unset or set()))
-    except MissingVariables as exc:
-        raise _missing_variables_error(provider, exc) from None
-    # A value pasted with a stray space or newline at either end: HTTP would trim it anyway.
-    filled = {name: value.strip() for name, value in filled.items()}
-    for name, value in filled.items():
-        _check_header_value(provider, name, value)
-    return filled
-
-
-def _check_header_value(provider: Provider, name: str, value: str) -> None:
-    """A filled header must stay one header line that HTTP can carry (Latin-1, no line breaks)."""
-    if any(c in value for c in "\r\n\0"):
-        raise ApiError(
-            f'Provider "{provider.name}": the value filled into header {name} has a line break.',
-            status=503,
-            type="server_error",
-            code="provider_misconfigured",
-            retryable=False,
-        )
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ApiError(
-            f'Provider "{provider.name}": the value filled into header {name} has characters HTTP headers '
-            "cannot carry.",
-            status=400,
-            code="invalid_value",
-        ) from None
-
-
-def _missing_variables_error(provider: Provider, exc: MissingVariables) -> ApiError:
-    names = ", ".join(exc.names)
-    return ApiError(
-        f'Provider "{provider.name}" is missing its credential: set {names} in the environment or in .env.',
-        status=401,
-        type="authentication_error",
-        code="upstream_credential_missing",
-        retryable=False,
-    )

@@ -15,7 +15,8 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 LITERAL_DOLLAR = "${dollar}"
 # Upper-case names come from the environment; lower-case ones are filled per request.
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model", "dollar"})
+# ``date`` is the time as a browser's Date string, in UTC ("Wed Dec 02 2026 03:20:00 GMT+0000"): Qwen's Timezone header.
+REQUEST_VALUES = frozenset({"chat_id", "uuid", "timestamp", "timestamp_ms", "model", "dollar", "date"})
 
 
 # What a filled value may keep as it is: in a path, what one segment can hold (RFC 3986 pchar);

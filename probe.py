@@ -13,14 +13,15 @@ from typing import TextIO
 
 from converters import ApiError, ChatRequest, ContentPart, Delta, Message
 from keepalive import first_deltas
-from pipeline import completion, new_exchange, run_steps
+from pipeline import completion, fresh_account, new_exchange, run_steps
 from provider_loader import Provider
 from services import RequestScope, Services
+from state import StateError
 
 PROMPT = "Reply with the single word OK."
 SHOWN_ANSWER = 60
 ADVICE = {
-    "upstream_credential_missing": "set the variables it names in .env (README: Capturing credentials).",
+    "upstream_credential_missing": "set the variables it names in .env (README: Credentials and accounts).",
     "upstream_credential_rejected": "capture a fresh token from a logged-in browser and put it in .env.",
     "upstream_browser_check": "open the site in a browser, pass the check, then capture fresh headers.",
     "rate_limit_exceeded": "wait (Retry-After says how long) or use another account.",
@@ -64,7 +65,11 @@ def main(argv: list[str], settings: dict, out: TextIO | None = None) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE, file=out)
         return 0
-    services = Services(settings)
+    try:
+        services = Services(settings)
+    except StateError as exc:
+        print(f"Cannot open the state store: {exc}", file=out)
+        return 1
     scope = services.scope("check")
     if argv:
         return _check_one(services, scope, argv[0], out)
@@ -91,13 +96,13 @@ def _check_all(services: Services, scope: RequestScope, out: TextIO) -> int:
         print(f"{name}: FAILED\n  not loaded: {why}", file=out)
     chosen = []
     for provider in (registry.providers[name] for name in sorted(registry.providers)):
-        missing = [n for n in provider.required_variables() if n not in scope.variables(provider)]
+        missing = scope.accounts.accounts(provider, scope.file_values)[0].missing_variables()
         if missing:
             print(f"{provider.name}: skipped (set {', '.join(missing)} to check it)", file=out)
         else:
             chosen.append(provider)
     if not chosen:
-        print("No provider has its credentials set: see README: Capturing credentials.", file=out)
+        print("No provider has its credentials set: see README: Credentials and accounts.", file=out)
         return 1
     outcomes = [check_provider(services, scope, provider) for provider in chosen]
     for outcome in outcomes:
@@ -136,7 +141,9 @@ def _model_for(services: Services, provider: Provider) -> str:
 def _chat(scope: RequestScope, provider: Provider, model: str, outcome: Outcome) -> None:
     request = probe_request(model)
     started = time.monotonic()
-    exchange = new_exchange(scope, provider, request)
+    # The first account, as a request would use it (refreshed first when its token is about to expire).
+    account = fresh_account(scope, scope.accounts.accounts(provider, scope.file_values)[0])
+    exchange = new_exchange(scope, provider, request, account)
     run_steps(exchange)
     if exchange.chat_id:
         outcome.lines.append(f"created a chat in {_ms(started)} ms")

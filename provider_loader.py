@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 from converters import dig
 from dialects import DIALECTS
 from placeholders import ENV_NAME, PLACEHOLDER, REQUEST_VALUES, env_names_in, iter_strings
+from provider_steps import Step, StepError, parse_create_chat, parse_refresh
 
 METADATA_FILE = "metadata.json"
 HEADER_FILE = "header.txt"
@@ -40,13 +41,13 @@ KNOWN_METADATA_KEYS = frozenset(
         "description",
         "optional_variables",
         "create_chat",
+        "refresh_credential",
         "message_mode",
         "models_endpoint",
         "extra_variables",
     }
 )
 KNOWN_MODELS_ENDPOINT_KEYS = frozenset({"method", "path", "list_field", "id_field"})
-KNOWN_CREATE_CHAT_KEYS = frozenset({"method", "path", "headers", "body", "id_field"})
 
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -82,9 +83,8 @@ class Provider:
     owned_by: str = ""
     created: int = 0
     optional_variables: frozenset[str] = frozenset()
-    create_chat: CapturedRequest | None = None
-    create_chat_body: dict | None = field(default=None, hash=False, compare=False)
-    create_chat_id_field: str = "data.id"
+    create_chat: Step | None = None
+    refresh: Step | None = None  # trades a refresh token for a new credential
     message_mode: str = "single"
     models_endpoint: dict | None = field(default=None, hash=False, compare=False)
 
@@ -96,8 +96,7 @@ class Provider:
         header_path = folder / HEADER_FILE
         request = parse_header_text(_read_text(folder, HEADER_FILE), str(header_path))
         payload = _read_json(folder, PAYLOAD_FILE)
-        create_chat = metadata.get("create_chat")
-        _check_request_values(folder, request, payload, create_chat)
+        _check_request_values(folder, request, payload, metadata)
         provider = cls(
             name=folder.name,
             host=_required_str(folder, metadata, "host"),
@@ -110,9 +109,8 @@ class Provider:
             owned_by=str(metadata.get("owned_by") or folder.name),
             created=_created(folder, metadata),
             optional_variables=frozenset(_str_tuple(folder, metadata, "optional_variables")),
-            create_chat=_create_chat_request(folder, create_chat),
-            create_chat_body=(create_chat or {}).get("body"),
-            create_chat_id_field=(create_chat or {}).get("id_field", "data.id"),
+            create_chat=_step(folder, metadata, "create_chat", parse_create_chat),
+            refresh=_step(folder, metadata, "refresh_credential", parse_refresh),
             message_mode=_message_mode(folder, metadata),
             models_endpoint=_models_endpoint(folder, metadata.get("models_endpoint")),
         )
@@ -128,17 +126,27 @@ class Provider:
         return list(self._variable_names)
 
     def required_variables(self) -> list[str]:
-        """Environment variables this provider cannot work without."""
-        return [name for name in self._variable_names if name not in self.optional_variables]
+        """Environment variables this provider cannot work without (a refresh token is not one:
+        without it the credential is used until it expires)."""
+        return [name for name in self._request_names if name not in self.optional_variables]
+
+    def refresh_variables(self) -> list[str]:
+        """Variables the refresh step sends or replaces (none without one)."""
+        if self.refresh is None:
+            return []
+        return sorted(self.refresh.names_read() | set(self.refresh.names_written()))
 
     @cached_property
     def _variable_names(self) -> tuple[str, ...]:
         # Computed once: the files do not change under a loaded Provider (a change reloads it).
+        return tuple(sorted(set(self._request_names) | self.optional_variables | set(self.refresh_variables())))
+
+    @cached_property
+    def _request_names(self) -> tuple[str, ...]:
         names = set(env_names_in(self.request.headers)) | set(env_names_in(self.request.path))
-        names |= set(env_names_in(self.payload)) | self.optional_variables
+        names |= set(env_names_in(self.payload))
         if self.create_chat:
-            names |= set(env_names_in(self.create_chat.headers)) | set(env_names_in(self.create_chat.path))
-            names |= set(env_names_in(self.create_chat_body))
+            names |= self.create_chat.names_read()
         return tuple(sorted(names))
 
     def matches_pattern(self, model: str) -> bool:
@@ -367,21 +375,11 @@ def _str_tuple(folder: Path, metadata: dict, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _create_chat_request(folder: Path, spec: Any) -> CapturedRequest | None:
-    """The optional step that opens a chat before each completion (Qwen's v2 flow)."""
-    source = f"{folder / METADATA_FILE}: create_chat"
-    if not _optional_section(folder, spec, source, KNOWN_CREATE_CHAT_KEYS):
-        return None
-    path, method, headers = spec.get("path"), spec.get("method", "POST"), spec.get("headers", {})
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ProviderError(f"{source}: 'path' must start with '/'")
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise ProviderError(f"{source}: 'headers' must map names to strings")
-    if not isinstance(spec.get("id_field", "data.id"), str):
-        raise ProviderError(f"{source}: 'id_field' must be a dotted path such as 'data.id'")
-    if not isinstance(spec.get("body", {}), dict):
-        raise ProviderError(f"{source}: 'body' must be a JSON object")
-    return CapturedRequest(str(method).upper(), path, tuple(headers.items()))
+def _step(folder: Path, metadata: dict, key: str, parse: Callable[[Any], Step | None]) -> Step | None:
+    try:
+        return parse(metadata.get(key))
+    except StepError as exc:
+        raise ProviderError(f"{folder / METADATA_FILE}: {key}: {exc}") from None
 
 
 def variable_prefix(name: str) -> str:
@@ -402,9 +400,13 @@ def _check_variable_names(folder: Path, names: list[str], extra: tuple[str, ...]
         )
 
 
-def _check_request_values(folder: Path, request: CapturedRequest, payload: dict, create_chat: Any) -> None:
-    """Lower-case placeholders must be per-request values this service fills; ${chat_id} needs create_chat."""
-    places = [request.headers, request.path, payload, create_chat or {}]
+def _check_request_values(folder: Path, request: CapturedRequest, payload: dict, metadata: dict) -> None:
+    """Lower-case placeholders must be per-request values this service fills; ${chat_id} needs create_chat
+    (and no refresh may name it: no chat exists then)."""
+    create_chat, refresh = metadata.get("create_chat"), metadata.get("refresh_credential")
+    if "chat_id" in {name for text in iter_strings(refresh or {}) for name in PLACEHOLDER.findall(text)}:
+        raise ProviderError(f"{folder.name}: refresh_credential uses ${{chat_id}}, but no chat exists when it runs")
+    places = [request.headers, request.path, payload, create_chat or {}, refresh or {}]
     used = {name for text in iter_strings(places) for name in PLACEHOLDER.findall(text) if not ENV_NAME.match(name)}
     unknown = sorted(used - REQUEST_VALUES)
     if unknown:

@@ -28,6 +28,12 @@ class Redactor:
         # Longest first, so no fragment of a longer secret survives a shorter match.
         self._forms = sorted(variants, key=len, reverse=True)
 
+    def with_secrets(self, secrets: Iterable[str]) -> Redactor:
+        """This redactor, blanking ``secrets`` too."""
+        combined = Redactor(secrets)
+        combined._forms = sorted(set(self._forms) | set(combined._forms), key=len, reverse=True)
+        return combined
+
     def __call__(self, text: str) -> str:
         # A substring test per form is several times cheaper than one regex over every stream frame.
         for form in self._forms:

@@ -8,15 +8,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from accounts import AccountBook
 from drift import DriftLogs
 from model_catalog import ModelCatalog
 from pipeline import fetch_model_ids
 from provider_loader import Provider, Registry, default_providers_dir, folder_signature, load_providers
 from redaction import Redactor
-from settings import EnvFile, read_variables
+from settings import EnvFile, account_numbers, read_variables
+from state import Store, open_store
 from upstream import UpstreamClient
 
 RELOAD_CHECK_SECONDS = 1.0
+DEFAULT_STATE_FILE = Path(__file__).resolve().with_name("state.sqlite3")
 
 log = logging.getLogger("reverse_api")
 
@@ -31,17 +34,16 @@ class RequestScope:
     upstream: UpstreamClient
     models: ModelCatalog
     drift: DriftLogs
+    accounts: AccountBook
     request_id: str = ""
-
-    def variables(self, provider: Provider) -> dict[str, str]:
-        """The provider's variables that hold something: the real environment wins over .env."""
-        return read_variables(provider.variable_names(), self.file_values)
 
 
 class Services:
     """Providers (re-read when their folders change), the upstream client, .env and model lists."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, store: Store | None = None) -> None:
+        self.store = store or open_store(config["STATE_URL"], config["STATE_SECRET"], DEFAULT_STATE_FILE)
+        self.accounts = AccountBook(self.store, config)
         self.providers_dir = Path(config["PROVIDERS_DIR"] or default_providers_dir())
         self.env = EnvFile(config["ENV_FILE"])
         self.upstream = UpstreamClient(config["POOL_SIZE"], config["UPSTREAM_TIMEOUT"])
@@ -59,7 +61,9 @@ class Services:
         registry = self.current()
         file_values = self.env.values()
         redact = self._redactor_for(registry, file_values)
-        return RequestScope(registry, file_values, redact, self.upstream, self.models, self.drift, request_id)
+        return RequestScope(
+            registry, file_values, redact, self.upstream, self.models, self.drift, self.accounts, request_id
+        )
 
     def current(self) -> Registry:
         """The providers, re-read when a folder changed (checked at most once a second)."""
@@ -81,8 +85,8 @@ class Services:
 
     def fetch_model_ids(self, provider: Provider) -> list[str]:
         """The upstream's model list (runs outside any request, in the catalog's threads)."""
-        variables = self.variables(provider.variable_names())
-        return fetch_model_ids(self.upstream, provider, variables, self.models_timeout)
+        first = self.accounts.accounts(provider, self.env.values())[0]  # its latest values, rotated or not
+        return fetch_model_ids(self.upstream, provider, first.values, self.models_timeout)
 
     def _load(self) -> Registry:
         registry = load_providers(self.providers_dir)
@@ -92,8 +96,15 @@ class Services:
 
     def _redactor_for(self, registry: Registry, file_values: dict[str, str]) -> Redactor:
         """A Redactor for the current values of every provider variable, rebuilt only when they change."""
-        names = {name for p in registry.providers.values() for name in p.variable_names()}
+        names = {name for p in registry.providers.values() for name in _every_account_name(p, file_values)}
         secrets = tuple(sorted(read_variables(names, file_values).values()))
         if self._redactor[0] != secrets:
             self._redactor = (secrets, Redactor(secrets))
         return self._redactor[1]
+
+
+def _every_account_name(provider: Provider, file_values: dict[str, str]) -> list[str]:
+    """The provider's variables under every account's name (QWEN_TOKEN, QWEN_TOKEN_2, ...)."""
+    names = provider.variable_names()
+    numbers = account_numbers(names, file_values)
+    return names + [f"{name}_{n}" for n in numbers for name in names]

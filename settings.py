@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import time
 from collections.abc import Iterable, Mapping
@@ -47,6 +48,16 @@ DEFAULTS = {
     # /v1/models merges the lists of providers that declare a models endpoint.
     "MODELS_CACHE_SECONDS": 600.0,
     "MODELS_REFRESH_TIMEOUT": 3.0,
+    # Accounts (README "Credentials and accounts"): a token this close to its expiry is refreshed first.
+    "REFRESH_LEEWAY_SECONDS": 180.0,
+    "ACCOUNT_CONCURRENCY": 0,  # requests in flight per account; 0 means no limit
+    "ACCOUNT_WAIT_SECONDS": 30.0,  # how long a request waits for a busy account before 429 accounts_busy
+    "BROWSER_CHECK_COOLDOWN_SECONDS": 900.0,  # an account shown an anti-bot check rests this long
+    "RATE_LIMIT_COOLDOWN_SECONDS": 60.0,  # a rate-limited account rests this long when the upstream says nothing
+    # Where rotated tokens, cooldowns and locks live: empty means state.sqlite3 beside app.py;
+    # sqlite:///relative/path, sqlite:////absolute/path, or redis://host:port/db to share it between hosts.
+    "STATE_URL": "",
+    "STATE_SECRET": "",  # the key tokens are encrypted with at rest; generated beside the SQLite file when empty
 }
 ENV_TYPES = {
     "PORT": int,
@@ -62,6 +73,11 @@ ENV_TYPES = {
     "BACKLOG": int,
     "MODELS_CACHE_SECONDS": float,
     "MODELS_REFRESH_TIMEOUT": float,
+    "REFRESH_LEEWAY_SECONDS": float,
+    "ACCOUNT_CONCURRENCY": int,
+    "ACCOUNT_WAIT_SECONDS": float,
+    "BROWSER_CHECK_COOLDOWN_SECONDS": float,
+    "RATE_LIMIT_COOLDOWN_SECONDS": float,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_FILE_NAME = ".env"
@@ -117,6 +133,18 @@ def read_variables(names: Iterable[str], file_values: Mapping[str, str]) -> dict
     return found
 
 
+def account_numbers(names: Iterable[str], file_values: Mapping[str, str]) -> list[int]:
+    """The N of every ``NAME_N`` (N of 2 or more) set to something, for the given base names: the
+    accounts besides the first that the environment and .env hold."""
+    pattern = re.compile(r"^({})_([2-9]|[1-9][0-9]{{1,2}})$".format("|".join(re.escape(name) for name in names)))
+    found = set()
+    for key in set(os.environ) | set(file_values):
+        match = pattern.match(key) if names else None
+        if match and (lookup(key, file_values) or "").strip():
+            found.add(int(match.group(2)))
+    return sorted(found)
+
+
 def ca_bundle() -> str | None:
     """The CA bundle requests and curl users name in the environment, if any."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
@@ -166,5 +194,16 @@ def _check(settings: Mapping[str, Any]) -> None:
             raise SystemExit(f"{name} must be a number of seconds, more than 0")
     if not math.isfinite(settings["KEEPALIVE_SECONDS"]) or settings["KEEPALIVE_SECONDS"] < 0:
         raise SystemExit("KEEPALIVE_SECONDS must be a number of seconds, 0 or more (0 turns keep-alive off)")
+    waits = (
+        "REFRESH_LEEWAY_SECONDS",
+        "ACCOUNT_WAIT_SECONDS",
+        "BROWSER_CHECK_COOLDOWN_SECONDS",
+        "RATE_LIMIT_COOLDOWN_SECONDS",
+    )
+    for name in waits:
+        if not math.isfinite(settings[name]) or settings[name] < 0:
+            raise SystemExit(f"{name} must be a number of seconds, 0 or more")
+    if settings["ACCOUNT_CONCURRENCY"] < 0:
+        raise SystemExit("ACCOUNT_CONCURRENCY must be 0 (no limit) or more")
     if settings["REASONING_FORMAT"] not in REASONING_FORMATS:
         raise SystemExit(f"REASONING_FORMAT must be one of {', '.join(REASONING_FORMATS)}")

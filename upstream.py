@@ -123,6 +123,11 @@ class UpstreamReply:
             self._closed = True
         self._response.close()
 
+    def set_cookies(self) -> list[str]:
+        """Every Set-Cookie header, one per cookie (requests' own view joins them with commas)."""
+        raw_headers = getattr(self._response.raw, "headers", None)
+        return list(raw_headers.getlist("Set-Cookie")) if hasattr(raw_headers, "getlist") else []
+
     def abort(self) -> None:
         """Cut the connection now, even while another thread or greenlet is blocked reading it
         (a client that left); a reply already closed, its connection back in the pool, is left alone.

@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 CHAT_ID = "c0ffee00-1111-4111-8111-111111111111"
 RESPONSE_ID = "r0ffee00-2222-4222-8222-222222222222"
 UPSTREAM_ONLY_MODEL = "qwen-upstream-only"
+UNAUTHORIZED = {"success": False, "request_id": "x", "data": {"code": "unauthorized", "details": "Token has expired"}}
 
 
 def frame(obj: dict, trailing_space: bool = False) -> bytes:
@@ -136,18 +137,29 @@ class FakeQwen:
         self.cut = threading.Event()
         # What GET /api/models lists: one model the folder also lists, one it does not.
         self.models_reply = json_reply({"data": [{"id": "qwen3.7-plus"}, {"id": UPSTREAM_ONLY_MODEL}]})
+        # With an issuer (tests/fake_qwen_auth.py), only its live access tokens are accepted, and
+        # ``account_replies`` scripts what one account's completions answer.
+        self.auth = None
+        self.account_replies: dict[str, Reply] = {}
 
-    def _record(self) -> None:
+    def _record(self) -> str | None:
+        account = self.auth.valid_access(request.headers.get("Authorization", "")) if self.auth else None
         self.requests.append(
             {
                 "path": request.full_path.rstrip("?"),
                 "headers": dict(request.headers),
                 "json": request.get_json(silent=True),
+                "account": account,
             }
         )
+        return account
+
+    def _rejected(self, account: str | None) -> bool:
+        return self.auth is not None and account is None
 
     def _new_chat(self) -> Response:
-        self._record()
+        if self._rejected(self._record()):
+            return self._answer(json_reply(UNAUTHORIZED))
         return self._answer(self.chat_reply)
 
     def _models(self) -> Response:
@@ -155,8 +167,10 @@ class FakeQwen:
         return self._answer(self.models_reply)
 
     def _completions(self) -> Response:
-        self._record()
-        return self._answer(self.reply, watch=True)
+        account = self._record()
+        if self._rejected(account):
+            return self._answer(json_reply(UNAUTHORIZED))
+        return self._answer(self.account_replies.get(account or "", self.reply), watch=True)
 
     def _answer(self, reply: Reply, watch: bool = False) -> Response:
         time.sleep(reply.hang_before)

@@ -47,6 +47,18 @@ def test_health_reports_providers_without_secret_values(client):
         "loaded": True,
         "credentials_set": True,
         "missing_variables": [],
+        "accounts": [
+            {
+                "id": "1",
+                "state": "ok",
+                "access_expires_in": None,  # the test token is no JWT: its expiry is unknown
+                "refreshable": False,  # no QWEN_REFRESH_TOKEN
+                "last_refresh": None,
+                "cooldown_until": None,
+                "reason": None,
+                "in_flight": 0,
+            }
+        ],
         "drift": no_drift,
     }
     assert TOKEN not in response.get_data(as_text=True)

@@ -425,7 +425,12 @@ def test_waf_html_page_is_503_browser_check(raw, serve, stream):
     error = assert_json_error(response, 503, "upstream_browser_check")
     assert error["message"].startswith("The upstream asked for a browser check (anti-bot challenge).")
     assert response.headers["x-should-retry"] == "false"
-    assert_still_serving(url)
+    # The only account now rests BROWSER_CHECK_COOLDOWN_SECONDS: asking again at once would not help.
+    again = chat(url, stream)
+    assert_json_error(again, 503, "upstream_browser_check")
+    assert 890 < int(again.headers["Retry-After"]) <= 900
+    account = requests.get(url + "/health", timeout=5).json()["providers"]["qwen"]["accounts"][0]
+    assert (account["state"], account["reason"]) == ("cooling_down", "browser_check")
 
 
 @STREAM

@@ -17,9 +17,10 @@ NOT_SERVICE = {"tests", "bench"}
 MAX_LINES = 500
 # Imports point inward: a module may use its own layer and the layers before it, never a later one.
 LAYERS = [
-    {"converters", "streaming", "redaction", "placeholders", "drift", "keepalive", "dialects"},  # pure
-    {"settings", "provider_loader", "upstream", "model_catalog"},  # folders, settings, transport
-    {"pipeline", "routing", "services"},  # one request's work
+    {"converters", "streaming", "redaction", "placeholders", "drift", "keepalive", "dialects", "credentials"},  # pure
+    # folders, settings, transport, state
+    {"settings", "provider_loader", "provider_steps", "upstream", "upstream_requests", "model_catalog", "state"},
+    {"accounts", "refresh", "pipeline", "routing", "services"},  # one request's work
     {"fronts"},  # the client APIs
     {"app", "probe"},  # the app and its commands
 ]

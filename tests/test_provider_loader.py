@@ -229,8 +229,7 @@ def test_from_dir_reads_a_good_folder(tmp_path):
     assert provider.created == 1700000000
     assert provider.optional_variables == frozenset({"EX_COOKIE"})
     assert provider.create_chat is None
-    assert provider.create_chat_body is None
-    assert provider.create_chat_id_field == "data.id"
+    assert provider.refresh is None
     assert provider.required_variables() == ["EX_TOKEN"]
 
 
@@ -257,10 +256,64 @@ def test_from_dir_reads_create_chat(tmp_path):
     }
     folder = write_provider(tmp_path / "p", metadata={**GOOD_METADATA, "create_chat": create_chat, "owned_by": "me"})
     provider = Provider.from_dir(folder)
-    assert provider.create_chat == CapturedRequest("POST", "/api/v2/chats/new", (("Referer", "https://x/c/new"),))
-    assert provider.create_chat_body == {"chatId": "", "n": 1}
-    assert provider.create_chat_id_field == "data.chat.id"
+    step = provider.create_chat
+    assert (step.method, step.path, step.headers) == ("POST", "/api/v2/chats/new", (("Referer", "https://x/c/new"),))
+    assert step.body == {"chatId": "", "n": 1}
+    assert step.id_field == "data.chat.id"
+    assert step.base_url(provider.scheme, provider.host) == provider.base_url  # no host of its own
     assert provider.owned_by == "me"
+
+
+REFRESH = {
+    "host": "auth.example.com",
+    "method": "GET",
+    "path": "/refresh",
+    "headers": {"Authorization": None, "Cookie": "rt=${EX_REFRESH_TOKEN}"},
+    "fields": {"data.access_token": "EX_TOKEN", "data.refresh_token": "EX_REFRESH_TOKEN"},
+    "set_cookies": {"rt": "EX_REFRESH_TOKEN"},
+}
+
+
+def test_from_dir_reads_a_refresh_step_on_its_own_host(tmp_path):
+    folder = write_provider(tmp_path / "p", metadata={**GOOD_METADATA, "refresh_credential": REFRESH})
+    provider = Provider.from_dir(folder)
+    step = provider.refresh
+    assert step.base_url(provider.scheme, provider.host) == "https://auth.example.com"
+    assert step.headers == (("Authorization", None), ("Cookie", "rt=${EX_REFRESH_TOKEN}"))
+    assert step.token_variable == "EX_TOKEN"  # the first variable the answer replaces
+    assert step.names_read() == {"EX_REFRESH_TOKEN"}
+    assert provider.refresh_variables() == ["EX_REFRESH_TOKEN", "EX_TOKEN"]
+    # Only the refresh step uses the refresh token: without it the provider still works.
+    assert provider.required_variables() == ["EX_TOKEN"]
+    assert "EX_REFRESH_TOKEN" in provider.variable_names()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"fields": {}, "set_cookies": {}}, "'fields' or 'set_cookies' must name the variables"),
+        ({"fields": {"data.x": "lower_case"}}, "is not an upper-case variable name"),
+        ({"token_variable": "EX_OTHER"}, "'token_variable' must be one of the variables"),
+        ({"host": "evil.com/path"}, "'host' must be a bare host[:port]"),
+        ({"scheme": "ftp"}, "'scheme' must be 'https' or 'http'"),
+        ({"headers": {"X": 1}}, "'headers' must map names to strings (or null"),
+        ({"method": "GE T"}, "'method' must be an HTTP method"),
+        ({"surprise": 1}, "unknown key 'surprise'"),
+        ({"headers": {"Referer": "https://x/c/${chat_id}"}}, "no chat exists when it runs"),
+    ],
+)
+def test_a_broken_refresh_step_names_its_key(tmp_path, change, reason):
+    folder = write_provider(tmp_path / "p", metadata={**GOOD_METADATA, "refresh_credential": {**REFRESH, **change}})
+    with pytest.raises(ProviderError) as caught:
+        Provider.from_dir(folder)
+    assert reason in str(caught.value)
+
+
+def test_a_refresh_step_may_not_name_another_providers_variable(tmp_path):
+    refresh = {**REFRESH, "fields": {"data.access_token": "OPENAI_API_KEY"}}
+    folder = write_provider(tmp_path / "p", metadata={**GOOD_METADATA, "refresh_credential": refresh})
+    with pytest.raises(ProviderError, match="OPENAI_API_KEY"):
+        Provider.from_dir(folder)
 
 
 def _without(key):
@@ -300,8 +353,8 @@ def _without(key):
         ({"metadata": {**GOOD_METADATA, "models": ["a", ""]}}, "metadata.json", "key 'models' must be a list"),
         ({"metadata": {**GOOD_METADATA, "patterns": {"a": 1}}}, "metadata.json", "key 'patterns' must be a list"),
         ({"metadata": {**GOOD_METADATA, "optional_variables": "X"}}, "metadata.json", "key 'optional_variables'"),
-        ({"metadata": {**GOOD_METADATA, "create_chat": "yes"}}, "metadata.json", "create_chat must be an object"),
-        ({"metadata": {**GOOD_METADATA, "create_chat": []}}, "metadata.json", "create_chat must be an object"),
+        ({"metadata": {**GOOD_METADATA, "create_chat": "yes"}}, "metadata.json", "create_chat: must be an object"),
+        ({"metadata": {**GOOD_METADATA, "create_chat": []}}, "metadata.json", "create_chat: must be an object"),
         (
             {"metadata": {**GOOD_METADATA, "create_chat": {"path": "/n", "url": "x"}}},
             "metadata.json",
@@ -529,7 +582,10 @@ def test_env_names_in(value, names):
 def test_shipped_qwen_requires_only_the_token():
     provider = Provider.from_dir(SHIPPED_QWEN)
     assert provider.required_variables() == ["QWEN_TOKEN"]
-    assert provider.optional_variables == frozenset({"QWEN_BX_UA", "QWEN_BX_UMIDTOKEN", "QWEN_COOKIE"})
+    optional = {"QWEN_BX_UA", "QWEN_BX_UMIDTOKEN", "QWEN_COOKIE", "QWEN_REFRESH_TOKEN"}
+    assert provider.optional_variables == frozenset(optional)
+    assert provider.refresh.base_url(provider.scheme, provider.host) == "https://auth.qwen.ai"
+    assert provider.refresh.names_read() == {"QWEN_REFRESH_TOKEN"}
 
 
 def test_required_variables_sorted_and_from_payload_and_create_chat_headers(tmp_path):

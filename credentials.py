@@ -1,0 +1,43 @@
+"""What can be told of a credential without asking the upstream: a JWT's expiry, a fingerprint,
+the cookies an answer sets. Pure: nothing here sends or stores anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` of a JWT, read without checking its signature (the upstream checks it); None
+    for anything that is not a JWT with a numeric ``exp`` (such a token is used as it is)."""
+    parts = token.removeprefix("Bearer ").strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+        return float(exp)
+    return None
+
+
+def fingerprint(values: Mapping[str, str]) -> str:
+    """A short digest of credential values: tells "the operator put new values in .env" from
+    "these are the values we started from", without keeping the values themselves."""
+    canonical = json.dumps(sorted(values.items()), separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def cookie_pairs(set_cookie_headers: Iterable[str]) -> dict[str, str]:
+    """``name -> value`` of each ``Set-Cookie`` header (attributes such as Path and Expires dropped)."""
+    pairs = {}
+    for header in set_cookie_headers:
+        name, sep, value = header.split(";", 1)[0].partition("=")
+        if sep and name.strip():
+            pairs[name.strip()] = value.strip().strip('"')
+    return pairs
