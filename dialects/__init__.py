@@ -1,6 +1,7 @@
-"""The dialect registry: each module here defines one ``DIALECT``, and this tuple is the only list.
+"""The dialect registry: each dialect module here defines one ``DIALECT``, and this tuple is the only list.
 
-To add a dialect, write ``dialects/NAME.py`` with a ``DIALECT`` (see ``contract.py``) and add it below.
+To add a dialect, write ``dialects/NAME.py`` with a ``DIALECT`` (see ``contract.py``) and add it below;
+what the importer asks of it may live beside it (``qwen_import.py``).
 """
 
 from __future__ import annotations

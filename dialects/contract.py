@@ -56,6 +56,12 @@ class ImportHints:
     fresh_chat_ids: bool = False
     # A HAR entry whose URL holds this is the chat-creation request.
     create_chat_marker: str | None = None
+    # A cookie holding a refresh token: taken out of the captured cookie jar into a variable of its
+    # own (``PREFIX_REFRESH_TOKEN`` for ``refresh_token``), so no stale copy rides along with the jar.
+    refresh_cookie: str | None = None
+    # metadata.json's ``refresh_credential`` step: (scheme://host, token variable, refresh-token
+    # variable) -> the step, or None where the dialect knows no refresh endpoint for that host.
+    refresh_step: Callable[[str, str, str], dict | None] | None = None
 
 
 @dataclass(frozen=True)

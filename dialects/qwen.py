@@ -23,7 +23,8 @@ from converters import (
     message_texts,
     upstream_error,
 )
-from dialects.contract import Dialect, ImportHints, Plan, UpstreamAnswer, UpstreamCall
+from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
+from dialects.qwen_import import IMPORT_HINTS
 from drift import DROPPED_CANDIDATE, EMPTY_REPLY, UNKNOWN_KEY, UNKNOWN_PHASE, ZERO_OUTPUT_ROUND, DriftLog, StreamDrift
 
 THINKING_SUFFIX = "-thinking"
@@ -44,15 +45,6 @@ AUTH_CODES = frozenset({"unauthorized", "token_expired", "invalid_token"})
 KNOWN_FRAME_KEYS = frozenset({"choices", "response_id", "usage", "timestamp"})
 KNOWN_DELTA_KEYS = frozenset({"role", "content", "phase", "status", "extra", "function_call", "function_id", "name"})
 KNOWN_PHASES = frozenset({"answer", "think", "thinking_summary", "web_search", None})
-CREATE_CHAT_PATH = "/api/v2/chats/new"
-CREATE_CHAT_BODY = {
-    "chatId": "",
-    "models": [""],
-    "project_id": "",
-    "timestamp": 0,
-    "chat_type": "t2t",
-    "chat_mode": "normal",
-}
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -437,49 +429,11 @@ def _browser_check_error() -> ApiError:
     )
 
 
-# --- importer hints --------------------------------------------------------------------------
-
-
-def recognizes(path: str, body: Any) -> bool:
-    return path.startswith("/api/v2/chat/completions") and isinstance(body, dict) and "chat_id" in path + str(body)
-
-
-def strip_prompt(body: dict) -> dict:
-    """The captured message is kept as the template, its text emptied."""
-    messages = [{**m, "content": ""} if isinstance(m, dict) else m for m in body["messages"]]
-    return {**body, "messages": messages}
-
-
-def folder_metadata(base_url: str, path: str, create: tuple[str, Any] | None) -> dict:
-    """The v2 flow: open a chat first (as captured, when the HAR holds that request), list models."""
-    create_chat = {
-        "method": "POST",
-        "path": CREATE_CHAT_PATH,
-        "headers": {"Referer": f"{base_url}/c/new-chat"},
-        "body": copy_json(CREATE_CHAT_BODY),
-        "id_field": "data.id",
-    }
-    if create is not None:
-        create_chat["path"] = create[0]
-        create_chat["body"] = create[1] if isinstance(create[1], dict) else create_chat["body"]
-    return {
-        "message_mode": "single",
-        "models_endpoint": {"method": "GET", "path": "/api/models", "list_field": "data", "id_field": "id"},
-        "create_chat": create_chat,
-    }
-
-
 DIALECT = Dialect(
     name="qwen",
     prepare=prepare,
     build_payload=build_request,
     iter_deltas=iter_qwen_deltas,
     read_error=read_error,
-    hints=ImportHints(
-        recognizes=recognizes,
-        strip_prompt=strip_prompt,
-        metadata=folder_metadata,
-        fresh_chat_ids=True,
-        create_chat_marker=CREATE_CHAT_PATH,
-    ),
+    hints=IMPORT_HINTS,
 )

@@ -18,6 +18,7 @@ from typing import Any
 from dialects import DIALECTS
 from dialects.contract import ImportHints
 from importer.capture import Capture, parse_curl, parse_har
+from importer.refresh import plan_refresh, split_refresh_cookie
 from placeholders import escape_placeholders
 from provider_loader import (
     DROPPED_HEADERS,
@@ -53,7 +54,10 @@ class ImportResult:
     dialect: str
     variables_written: list[str] = field(default_factory=list)
     variables_kept: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)  # printed as they are
+    notes: list[str] = field(default_factory=list)  # printed as "To do: ..."
+    account: int | None = None  # set by ``--account N``: only .env was written
+    next_step: str = ""
 
 
 def detect_dialect(path: str, body: Any) -> str | None:
@@ -65,34 +69,74 @@ def import_capture(
     name: str, capture_file: Path, providers_dir: Path, env_file: Path, match: str | None = None, force: bool = False
 ) -> ImportResult:
     """Write ``providers_dir/name`` from a cURL command or a HAR file, moving secrets into ``env_file``."""
-    if not is_plain_name(name):
-        raise ProviderError(f"{name!r}: a provider name must be a plain folder name")
+    check_name(name)
     folder = providers_dir / name
     if folder.exists() and not force:
         raise ProviderError(f"{folder} exists; use --force to overwrite it")
+    plan = plan_folder(name, capture_file, match)
+    check_env_file(env_file)
+    _write_folder(folder, plan.files)
+    result = ImportResult(folder, plan.dialect or "unknown", info=plan.info, notes=plan.notes)
+    result.variables_written, result.variables_kept = write_env_values(env_file, plan.values, force)
+    return result
+
+
+@dataclass
+class FolderPlan:
+    """A capture made into a provider folder, before anything is written: the files, the secrets
+    they name (variable -> captured value), and what to tell the user."""
+
+    dialect: str | None
+    host: str
+    files: dict[str, bytes]
+    values: dict[str, str]
+    info: list[str]
+    notes: list[str]
+
+
+def plan_folder(name: str, capture_file: Path, match: str | None = None, dialect: str | None = None) -> FolderPlan:
+    """What importing ``capture_file`` as ``name`` writes. ``dialect``, an existing folder's, stands
+    for a capture in no known wire format; a capture in another one is refused."""
     chat, create = _read_capture(capture_file, match)
     url = _split_url(chat.url)
     body = _json_or_none(chat.body)
     if json_depth(body) > MAX_JSON_DEPTH:
         raise ProviderError(f"capture: the request body is nested deeper than {MAX_JSON_DEPTH} levels")
     path = url.path + (f"?{url.query}" if url.query else "")
-    dialect = detect_dialect(path, body)
-    hints = DIALECTS[dialect].hints if dialect else None
+    spoken = _spoken_dialect(path, body, dialect)
+    hints = DIALECTS[spoken].hints if spoken else None
     fresh_ids = bool(hints and hints.fresh_chat_ids)
     store = SecretStore(variable_prefix(name))
-    headers, optional = _headers_for_folder(chat.headers, store, fresh_ids)
+    captured, refresh_token = split_refresh_cookie(chat.headers, hints.refresh_cookie if hints else None)
+    headers, optional = _headers_for_folder(captured, store, fresh_ids)
+    refresh = plan_refresh(spoken, hints, f"{url.scheme}://{_host(url)}", headers, store, refresh_token)
     body = _secret_fields(_without_prompt(body, hints), store)
-    result = ImportResult(folder, dialect or "unknown")
-    metadata = _metadata(name, url, dialect, body, optional, create)
+    metadata = _metadata(name, url, spoken, body, optional + refresh.optional, create)
+    if refresh.step is not None:
+        metadata["refresh_credential"] = refresh.step
     files = _folder_files(chat.method, _fresh_path(path, fresh_ids, store), headers, body, metadata)
+    notes = _import_notes(spoken, body) + _url_credential_note(url)
+    return FolderPlan(spoken, _host(url), files, store.values, refresh.lines, notes)
+
+
+def check_name(name: str) -> None:
+    if not is_plain_name(name):
+        raise ProviderError(f"{name!r}: a provider name must be a plain folder name")
+
+
+def check_env_file(env_file: Path) -> None:
+    """Refuse a .env that cannot be written before anything else is."""
     if not env_file.parent.is_dir():
         raise ProviderError(f"{env_file.parent}: folder for the .env file does not exist")
     if env_file.is_dir():
         raise ProviderError(f"{env_file}: is a folder, not a .env file")
-    _write_folder(folder, files)
-    result.variables_written, result.variables_kept = write_env_values(env_file, store.values, force)
-    result.notes = _import_notes(dialect, body) + _url_credential_note(url)
-    return result
+
+
+def _spoken_dialect(path: str, body: Any, folder_dialect: str | None) -> str | None:
+    detected = detect_dialect(path, body)
+    if folder_dialect and detected not in (None, folder_dialect):
+        raise ProviderError(f"capture: it speaks the {detected} dialect, but the folder speaks {folder_dialect}")
+    return detected or folder_dialect
 
 
 class SecretStore:
@@ -102,12 +146,19 @@ class SecretStore:
         self.prefix = prefix
         self.values: dict[str, str] = {}
 
+    def base_name(self, label: str) -> str:
+        """``PREFIX_LABEL``: the name a value captured under ``label`` gets when it is free."""
+        return f"{self.prefix}_{re.sub(r'[^A-Z0-9]+', '_', label.upper()).strip('_')}"
+
     def variable(self, label: str, value: str) -> str:
-        """The variable holding ``value``, named ``PREFIX_LABEL`` (``_2``, ``_3``... when taken)."""
-        base = f"{self.prefix}_{re.sub(r'[^A-Z0-9]+', '_', label.upper()).strip('_')}"
-        name, number = base, 2
+        """The variable holding ``value``, named ``PREFIX_LABEL`` (``_ALT``, ``_ALT2``... when taken).
+
+        Never ``_2``: ``PREFIX_LABEL_2`` is account 2's ``PREFIX_LABEL``.
+        """
+        base = self.base_name(label)
+        name, number = base, 1
         while name in self.values and self.values[name] != value:
-            name, number = f"{base}_{number}", number + 1
+            name, number = f"{base}_ALT{number if number > 1 else ''}", number + 1
         self.values[name] = value
         return name
 

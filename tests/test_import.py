@@ -707,6 +707,11 @@ def paths(tmp_path):
 
 
 QWEN2_VARIABLES = ["QWEN2_TOKEN", "QWEN2_BX_UA", "QWEN2_BX_UMIDTOKEN", "QWEN2_COOKIE"]
+# A capture of chat.qwen.ai whose Cookie holds no refresh_token: the folder still declares the step.
+QWEN2_NO_REFRESH_TOKEN = (
+    "Token refresh: declared, but the captured Cookie held no refresh_token: QWEN2_TOKEN is used until it "
+    "expires; set QWEN2_REFRESH_TOKEN in .env to have it renewed."
+)
 
 
 def expected_qwen_headers(base: str = QWEN) -> dict[str, str]:
@@ -744,7 +749,11 @@ def test_import_qwen_chrome_capture(paths, capsys):
     code, out, err = run_import(capsys, *args)
     folder = providers / "qwen2"
     assert (code, err) == (0, "")
-    assert out == (f"Wrote {folder} (dialect: qwen).\nSecrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}.\n")
+    assert out.splitlines() == [
+        f"Wrote {folder} (dialect: qwen).",
+        f"Secrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}.",
+        QWEN2_NO_REFRESH_TOKEN,
+    ]
     assert sorted(p.name for p in folder.iterdir()) == ["header.txt", "metadata.json", "payload.json"]
 
     method, path, headers = header_map(folder)
@@ -756,7 +765,13 @@ def test_import_qwen_chrome_capture(paths, capsys):
     assert metadata["dialect"] == "qwen"
     assert (metadata["host"], metadata["scheme"]) == ("chat.qwen.ai", "https")
     assert metadata["models"] == ["qwen3.7-plus"]
-    assert metadata["optional_variables"] == ["QWEN2_BX_UA", "QWEN2_BX_UMIDTOKEN", "QWEN2_COOKIE"]
+    assert metadata["optional_variables"] == [
+        "QWEN2_BX_UA",
+        "QWEN2_BX_UMIDTOKEN",
+        "QWEN2_COOKIE",
+        "QWEN2_REFRESH_TOKEN",
+    ]
+    assert metadata["refresh_credential"]["token_variable"] == "QWEN2_TOKEN"
     assert metadata["create_chat"]["method"] == "POST"
     assert metadata["create_chat"]["path"] == "/api/v2/chats/new"
     assert metadata["create_chat"]["headers"] == {"Referer": "https://chat.qwen.ai/c/new-chat"}
@@ -900,6 +915,7 @@ def test_command_line_in_a_subprocess(paths):
     assert done.stdout.splitlines() == [
         f"Wrote {providers / 'qwen2'} (dialect: qwen).",
         f"Secrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}.",
+        QWEN2_NO_REFRESH_TOKEN,
     ]
     assert Provider.from_dir(providers / "qwen2").dialect == "qwen"
     assert dotenv_values(env_file)["QWEN2_TOKEN"] == JWT
@@ -921,6 +937,7 @@ def test_existing_env_variables_are_kept_unless_forced(paths, capsys):
     assert out.splitlines()[1:] == [
         f"Secrets moved to {env_file}: QWEN2_BX_UA, QWEN2_BX_UMIDTOKEN.",
         f"Kept existing values in {env_file} (use --force to replace): QWEN2_TOKEN, QWEN2_COOKIE.",
+        QWEN2_NO_REFRESH_TOKEN,
     ]
     text = env_file.read_text()
     assert text.startswith(original)
@@ -934,7 +951,10 @@ def test_existing_env_variables_are_kept_unless_forced(paths, capsys):
 
     code, out, _ = run_import(capsys, *args, "--force")
     assert code == 0
-    assert out.splitlines()[1:] == [f"Secrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}."]
+    assert out.splitlines()[1:] == [
+        f"Secrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}.",
+        QWEN2_NO_REFRESH_TOKEN,
+    ]
     lines = env_file.read_text().splitlines()
     assert lines[:3] == ["# my settings", "API_KEYS=k1,k2", "# QWEN2_BX_UA=paste-here"]
     assert len(lines) == 7
