@@ -179,18 +179,19 @@ class AccountBook:
             if not usable:
                 raise self._none_usable_error(provider, candidates, now)
             for account in sorted(usable, key=lambda a: a.record.get("last_used", 0)):
-                lease = self._take(account, request_id)
+                lease = self._take(account, request_id, note_use=len(candidates) > 1)
                 if lease is not None:
                     return lease
             if time.monotonic() >= deadline:
                 raise _busy_error(provider, self.concurrency)
             time.sleep(POLL_SECONDS)
 
-    def _take(self, account: Account, request_id: str) -> Lease | None:
+    def _take(self, account: Account, request_id: str, note_use: bool) -> Lease | None:
         member = f"{request_id or 'req'}:{uuid.uuid4().hex[:8]}"
         if not self.store.try_lease(account.lease_group, member, self.concurrency, self.lease_seconds):
             return None
-        self._change(account, last_used=time.time())
+        if note_use:  # only an order between accounts needs it: one write less for a single account
+            self._change(account, last_used=time.time())
         return Lease(account, member)
 
     def release(self, lease: Lease) -> None:

@@ -252,6 +252,8 @@ class Servers:
             PORT=str(self.port),
             PROVIDERS_DIR=str(providers),
             QWEN_TOKEN="bench",
+            # The default store (SQLite), in the run's own folder rather than beside app.py.
+            STATE_URL=f"sqlite:///{self.tmp / 'state.sqlite3'}",
             LOG_LEVEL="WARNING",
             API_KEYS="",  # a developer's .env must not lock the benchmark out (the environment wins)
         )
