@@ -7,6 +7,7 @@ kept in the state store, so every worker process and every host sees the same.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -18,7 +19,7 @@ from converters import ApiError
 from credentials import fingerprint, jwt_expiry
 from provider_loader import Provider
 from settings import account_numbers, read_variables
-from state import Store
+from state import StateError, Store
 
 OK, EXPIRING, COOLING_DOWN, NEEDS_RECAPTURE = "ok", "expiring", "cooling_down", "needs_recapture"
 # What an upstream error says about the account that met it: it rests, for this reason.
@@ -29,6 +30,10 @@ COOLDOWN_REASONS = {
 }
 POLL_SECONDS = 0.05
 BUSY_RETRY_AFTER = "1"
+EXHAUSTED = "accounts_exhausted"
+RETIRED_KEPT = 32  # fingerprints of refresh tokens already rotated away, never to be sent again
+
+log = logging.getLogger("reverse_api")
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,23 @@ class Account:
 
     @cached_property
     def values(self) -> dict[str, str]:
-        """The values to send: the store's rotated ones while the operator's are those they came from."""
-        if self.record.get("source") == self.source:
-            return {**self.env_values, **self.record.get("values", {})}
-        return dict(self.env_values)
+        """The values to send. A rotated value in the store wins, variable by variable, while the
+        environment still holds the value it was rotated from; a variable the operator changed
+        since (a fresh capture) is theirs again."""
+        values = dict(self.env_values)
+        origins = self.record.get("origins", {})
+        for name, value in self.record.get("values", {}).items():
+            if origins.get(name) == value_fingerprint(name, self.env_values.get(name, "")):
+                values[name] = value
+        return values
+
+    def retired_values(self) -> list[str]:
+        """Names of the refresh values about to be sent that were already rotated away: sending one
+        again could get the whole session revoked."""
+        step = self.provider.refresh
+        retired = set(self.record.get("retired", []))
+        names = sorted(step.names_read()) if step else []
+        return [name for name in names if value_fingerprint(name, self.values.get(name, "")) in retired]
 
     @property
     def token_variable(self) -> str:
@@ -116,6 +134,10 @@ class Lease:
 
     account: Account
     member: str
+
+
+def value_fingerprint(name: str, value: str) -> str:
+    return fingerprint({name: value})
 
 
 def credential_names(provider: Provider) -> list[str]:
@@ -174,10 +196,12 @@ class AccountBook:
         deadline = time.monotonic() + self.wait_seconds
         while True:
             now = time.time()
-            candidates = [a for a in self.accounts(provider, file_values) if a.id not in tried]
+            every = self.accounts(provider, file_values)
+            candidates = [a for a in every if a.id not in tried]
             usable = [a for a in candidates if a.state(now, self.leeway) not in (COOLING_DOWN, NEEDS_RECAPTURE)]
             if not usable:
-                raise self._none_usable_error(provider, candidates, now)
+                # Told of every account, those this request tried included: the earliest back.
+                raise self._none_usable_error(provider, every, now)
             for account in sorted(usable, key=lambda a: a.record.get("last_used", 0)):
                 lease = self._take(account, request_id, note_use=len(candidates) > 1)
                 if lease is not None:
@@ -190,17 +214,30 @@ class AccountBook:
         member = f"{request_id or 'req'}:{uuid.uuid4().hex[:8]}"
         if not self.store.try_lease(account.lease_group, member, self.concurrency, self.lease_seconds):
             return None
+        lease = Lease(account, member)
         if note_use:  # only an order between accounts needs it: one write less for a single account
-            self._change(account, last_used=time.time())
-        return Lease(account, member)
+            try:
+                self._change(account, last_used=time.time())
+            except StateError:
+                self.release(lease)
+                raise
+        return lease
 
     def release(self, lease: Lease) -> None:
-        self.store.drop_lease(lease.account.lease_group, lease.member)
+        """Never raises: a store that fails here leaves the lease to lapse by itself."""
+        try:
+            self.store.drop_lease(lease.account.lease_group, lease.member)
+        except StateError as exc:
+            log.warning("could not release account %s of %s: %s", lease.account.id, lease.account.provider.name, exc)
 
     def _none_usable_error(self, provider: Provider, accounts: list[Account], now: float) -> ApiError:
-        cooling = [a for a in accounts if a.state(now, self.leeway) == COOLING_DOWN]
+        states = [a.state(now, self.leeway) for a in accounts]
+        cooling = [a for a, state in zip(accounts, states, strict=True) if state == COOLING_DOWN]
         if cooling:
             return _cooling_error(provider, min(cooling, key=lambda a: a.record["cooldown_until"]), now)
+        if any(state != NEEDS_RECAPTURE for state in states):
+            # Only accounts this request already tried are left: the error it met says more.
+            return ApiError("No account is left to try.", status=503, type="server_error", code=EXHAUSTED)
         names = ", ".join(f"{' and '.join(a.recapture_names())} (account {a.id})" for a in accounts)
         return ApiError(
             f'Every account of provider "{provider.name}" needs a fresh capture: its credential was rejected. '
@@ -234,27 +271,26 @@ class AccountBook:
         self._change(account, needs_recapture=account.source)
 
     def save_refresh(self, account: Account, new_values: dict[str, str]) -> Account:
-        """Keep rotated values at once: from now on they are newer than the environment's."""
+        """Keep rotated values at once: from now on they are newer than the environment's. The
+        refresh values just sent are retired: none is ever sent again."""
         values = {**account.values, **new_values}
         rotated = {name: values[name] for name in account.provider.refresh_variables() if name in values}
+        origins = {name: value_fingerprint(name, account.env_values.get(name, "")) for name in rotated}
+        sent = [
+            value_fingerprint(name, account.values.get(name, ""))
+            for name in sorted(account.provider.refresh.names_read())
+        ]
+        retired = [*account.record.get("retired", []), *sent][-RETIRED_KEPT:]
         outcome = {"at": time.time(), "outcome": "ok"}
-        record = self._change(account, source=account.source, values=rotated, last_refresh=outcome, retry_at=0)
+        changes = {"values": rotated, "origins": origins, "retired": retired, "last_refresh": outcome}
+        record = self._change(account, **changes, retry_at=0, needs_recapture=None)
         return replace(account, record=record)
 
     def note_refresh_failure(self, account: Account, outcome: str, retry_in: float) -> None:
         self._change(account, last_refresh={"at": time.time(), "outcome": outcome}, retry_at=time.time() + retry_in)
 
     def _change(self, account: Account, **changes: Any) -> dict:
-        def change(record: dict | None) -> dict:
-            record = dict(record or {})
-            if record.get("source") not in (None, account.source):
-                # The operator captured anew: what was stored of the old credential is void.
-                record.pop("values", None)
-                record.pop("needs_recapture", None)
-            record.setdefault("source", account.source)
-            return {**record, **changes}
-
-        return self.store.update(account.key, change) or {}
+        return self.store.update(account.key, lambda record: {**(record or {}), **changes}) or {}
 
     def _cooldown_seconds(self, reason: str, error: ApiError) -> float:
         if reason == "browser_check":
@@ -265,9 +301,13 @@ class AccountBook:
     # --- /health -----------------------------------------------------------------------------
 
     def health(self, provider: Provider, file_values: dict[str, str]) -> list[dict]:
-        """Each account's state, by id: never a token, a cookie or any part of one."""
+        """Each account that has a token or a refresh token, by id: never a token, a cookie or any
+        part of one."""
         now = time.time()
-        return [self._health_of(account, now) for account in self.accounts(provider, file_values)]
+        accounts = [
+            a for a in self.accounts(provider, file_values) if any(a.values.get(n) for n in key_names(provider))
+        ]
+        return [self._health_of(account, now) for account in accounts]
 
     def _health_of(self, account: Account, now: float) -> dict:
         expires = account.expires_at()

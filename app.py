@@ -241,13 +241,19 @@ def health() -> Response:
     """
     scope = request_scope()
     providers: dict[str, dict] = {}
+    store_error = None
     for name, provider in scope.registry.providers.items():
-        missing = scope.accounts.accounts(provider, scope.file_values)[0].missing_variables()
+        try:
+            missing = scope.accounts.accounts(provider, scope.file_values)[0].missing_variables()
+            accounts = scope.accounts.health(provider, scope.file_values)
+        except StateError as exc:
+            store_error = f"The state store is unavailable: {exc}"
+            missing, accounts = [], []
         providers[name] = {
             "loaded": True,
-            "credentials_set": not missing,
+            "credentials_set": not missing and store_error is None,
             "missing_variables": missing,
-            "accounts": scope.accounts.health(provider, scope.file_values),
+            "accounts": accounts,
             "drift": scope.drift.snapshot(name),  # what its streams held that the parser did not know
         }
         if name in scope.registry.stale:
@@ -256,7 +262,10 @@ def health() -> Response:
         providers[name] = {"loaded": False, "error": reason}
     usable = any(p.get("credentials_set") for p in providers.values())
     healthy = usable and not scope.registry.errors and not scope.registry.stale
-    return jsonify({"status": "ok" if healthy else "degraded", "providers": providers})
+    body = {"status": "ok" if healthy else "degraded", "providers": providers}
+    if store_error:
+        body["state_store_error"] = store_error
+    return jsonify(body)
 
 
 # --- serving -------------------------------------------------------------------------------
@@ -307,6 +316,12 @@ def _check_state_store(settings: dict) -> None:
         open_store(settings["STATE_URL"], settings["STATE_SECRET"], DEFAULT_STATE_FILE).close()
     except StateError as exc:
         sys.exit(f"Cannot open the state store: {exc}")
+    if settings["STATE_URL"] == "memory://" and settings["WORKERS"] > 1:
+        log.warning(
+            "STATE_URL=memory:// keeps state per worker: %d workers may each refresh the same "
+            "token. Use the default SQLite store.",
+            settings["WORKERS"],
+        )
 
 
 def gunicorn_args(settings: dict) -> list[str]:

@@ -8,6 +8,7 @@ away is swapped for the next, unseen by the client. Model lists are fetched here
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from accounts import Account, Lease
+from accounts import EXHAUSTED, Account, Lease
 from converters import ApiError, ChatRequest, Delta, copy_json, dig, iter_reasoning_format, upstream_error
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
@@ -25,9 +26,18 @@ from placeholders import fill_headers, fill_url_path
 from provider_loader import Provider, ids_from_models_answer
 from redaction import Redactor, redact_headers
 from refresh import RETRY_AFTER_FAILURE_SECONDS, refresh_account
+from state import StateError
 from streaming import SseLineTooLong, iter_data, iter_sse_events
 from upstream import UpstreamClient, UpstreamReply
-from upstream_requests import fill_template, request_headers, request_url, request_values, step_headers, step_url
+from upstream_requests import (
+    fill_template,
+    request_headers,
+    request_url,
+    request_values,
+    step_headers,
+    step_url,
+    without_refresh_cookies,
+)
 
 if TYPE_CHECKING:
     from services import RequestScope
@@ -117,23 +127,58 @@ def open_reply(
         except ApiError as exc:
             scope.accounts.release(lease)
             tried.add(lease.account.id)
-            if not scope.accounts.judge(lease.account, exc):
+            if not _judged(scope, lease.account, exc):
                 raise
             log.warning(
                 "%s account %s of %s turned away: %s", scope.request_id, lease.account.id, provider.name, exc.code
             )
             last_error = exc
             continue
+        except BaseException as exc:
+            scope.accounts.release(lease)  # whatever went wrong, the account is not left taken
+            if isinstance(exc, StateError):
+                raise store_unavailable_error(exc) from None
+            raise
         return _relay(scope, lease, first, rest)
 
 
 def _choose_account(scope: RequestScope, provider: Provider, tried: set[str], last_error: ApiError | None) -> Lease:
     try:
         return scope.accounts.choose(provider, scope.file_values, tried, scope.request_id)
-    except ApiError:
-        if last_error is not None:
+    except ApiError as exc:
+        if last_error is not None and exc.code in (EXHAUSTED, "accounts_busy"):
             raise last_error from None  # what the upstream said says more than "no account left"
+        if last_error is not None and exc.code == last_error.code:
+            raise _with_summary(last_error, exc) from None
         raise
+    except StateError as exc:
+        raise store_unavailable_error(exc) from None
+
+
+def _with_summary(last: ApiError, summary: ApiError) -> ApiError:
+    """What the upstream said to the last account, then the state of them all (and its Retry-After)."""
+    message = f"{last.message} ({summary.message})"
+    return ApiError(
+        message, summary.status, summary.type, summary.param, summary.code, {**last.headers, **summary.headers}
+    )
+
+
+def _judged(scope: RequestScope, account: Account, error: ApiError) -> bool:
+    try:
+        return scope.accounts.judge(account, error)
+    except StateError as exc:
+        log.warning("%s could not record what happened to account %s: %s", scope.request_id, account.id, exc)
+        return False
+
+
+def store_unavailable_error(exc: StateError) -> ApiError:
+    """503 for a state store that cannot be reached: the accounts' state is unknown, so nothing is sent."""
+    return ApiError(
+        f"The state store is unavailable: {exc}",
+        status=503,
+        type="server_error",
+        code="state_store_unavailable",
+    )
 
 
 def _answer_of(
@@ -193,7 +238,8 @@ def _relay(scope: RequestScope, lease: Lease, first: list[Delta], rest: Iterator
         yield from first
         yield from rest
     except ApiError as exc:
-        scope.accounts.judge(lease.account, exc, after_first_byte=True)
+        with contextlib.suppress(StateError):  # the reply's own error matters more
+            scope.accounts.judge(lease.account, exc, after_first_byte=True)
         raise
     finally:
         rest.close()
@@ -222,7 +268,7 @@ def create_chat(exchange: Exchange) -> None:
         return
     values = exchange.values()
     # The chat does not exist yet: captured headers naming it (a Referer) are left out unless overridden.
-    headers = step_headers(provider, step, values, {"chat_id"})
+    headers = without_refresh_cookies(provider, step_headers(provider, step, values, {"chat_id"}))
     body = build_create_chat_body(fill_template(provider, step.body, values), exchange.plan.model, exchange.now)
     with _send(exchange, step.method, step_url(provider, step, values), headers, body, step.path) as reply:
         data = _read_json_answer(exchange, reply)
@@ -245,7 +291,7 @@ def completion(exchange: Exchange) -> Iterator[Delta]:
     """Send the chat request itself and return the stream's deltas."""
     provider = exchange.provider
     values = exchange.values()
-    headers = request_headers(provider, values)
+    headers = without_refresh_cookies(provider, request_headers(provider, values))
     call = UpstreamCall(exchange.plan, exchange.chat_id, exchange.now, provider.message_mode == "history")
     # The template is filled first, so placeholders in the client's own text are never expanded.
     template = fill_template(provider, provider.payload, values)
@@ -301,6 +347,7 @@ def fetch_model_ids(upstream: UpstreamClient, provider: Provider, environment: d
     values = request_values(environment, "", "", time.time())
     # No chat exists here: headers naming one (Referer .../c/${chat_id}) are left out.
     headers = fill_headers(provider.request.headers, values, provider.optional_variables | {"chat_id"})
+    headers = without_refresh_cookies(provider, headers)
     url = provider.base_url + fill_url_path(endpoint["path"], values)
     with upstream.send(provider.name, endpoint["method"], url, headers, timeout=timeout) as reply:
         if 300 <= reply.status < 400:

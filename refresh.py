@@ -18,14 +18,15 @@ from converters import ApiError, dig, upstream_error
 from credentials import cookie_pairs
 from dialects import DIALECTS
 from dialects.contract import UpstreamAnswer
+from upstream import UpstreamReply
 from upstream_requests import fill_template, request_values, step_headers, step_url
 
 if TYPE_CHECKING:
     from services import RequestScope
 
 POLL_SECONDS = 0.05
-LOCK_MARGIN_SECONDS = 10.0
 RETRY_AFTER_FAILURE_SECONDS = 30.0  # a refresh that failed for no fault of the account is tried again after this
+ANSWER_BYTES = 64 * 1024
 
 log = logging.getLogger("reverse_api")
 
@@ -37,14 +38,18 @@ class RefreshRefused(Exception):
 def refresh_account(scope: RequestScope, book: AccountBook, account: Account, forced: bool) -> Account:
     """The account with a fresh credential: refreshed here, or by whoever held the lock meanwhile.
 
-    ``forced`` refreshes even a token that looks valid (the upstream just rejected it).
+    ``forced`` refreshes even a token that looks valid (the upstream just rejected it); without
+    it, a token that has not expired yet is used as it is while another worker refreshes.
     :raise ApiError: the refresh failed; for a refused refresh token the account is marked
         ``needs_recapture`` first.
     """
     used = account.values.get(account.token_variable)
     owner = uuid.uuid4().hex
-    lock_seconds = scope.upstream.timeout + LOCK_MARGIN_SECONDS
-    deadline = time.monotonic() + lock_seconds
+    # The lock outlives the longest refresh (connect, headers, body: each bounded by the timeout),
+    # so it never lapses under a live holder and nobody sends the same refresh token twice.
+    budget = scope.upstream.timeout
+    lock_seconds = 3 * budget + 10
+    deadline = time.monotonic() + lock_seconds + 5
     while True:
         if book.store.acquire(account.lock_name, owner, lock_seconds):
             try:
@@ -52,16 +57,21 @@ def refresh_account(scope: RequestScope, book: AccountBook, account: Account, fo
             finally:
                 book.store.release(account.lock_name, owner)
         current = book.reload(account)
-        if current.values.get(current.token_variable) != used:
-            return current  # someone else refreshed while this request waited
+        if current.values.get(current.token_variable) != used or not forced and _still_valid(current):
+            return current  # refreshed elsewhere meanwhile, or good enough until that refresh ends
         if time.monotonic() >= deadline:
             raise upstream_error(
                 f"Account {account.id} of provider {account.provider.name} is being refreshed elsewhere, "
                 "and that refresh did not finish in time.",
-                status=503,
+                status=504,
                 code="upstream_timeout",
             )
         time.sleep(POLL_SECONDS)
+
+
+def _still_valid(account: Account) -> bool:
+    expires = account.expires_at()
+    return bool(account.values.get(account.token_variable)) and (expires is None or expires > time.time())
 
 
 def _refresh_holding_lock(
@@ -71,6 +81,16 @@ def _refresh_holding_lock(
         return account  # refreshed by another worker just before this one took the lock
     if not forced and not account.needs_refresh(time.time(), book.leeway):
         return account
+    retry_in = account.record.get("retry_at", 0) - time.time()
+    if retry_in > 0:
+        # The last refresh failed moments ago: asking again now would only add to the outage.
+        if forced:
+            raise _failed_recently_error(account, retry_in)
+        return account
+    retired = account.retired_values()
+    if retired:
+        book.mark_needs_recapture(account)
+        raise _refused_error(account, f"{', '.join(map(account.variable, retired))} was already used once")
     try:
         new_values = _send_refresh(scope, account)
     except RefreshRefused as exc:
@@ -79,7 +99,7 @@ def _refresh_holding_lock(
         raise _refused_error(account, str(exc)) from None
     except ApiError as exc:
         book.note_refresh_failure(account, f"failed: {exc.code}", RETRY_AFTER_FAILURE_SECONDS)
-        raise
+        raise _refresh_failed_error(account, exc) from None
     log.info("%s refreshed account %s of provider %s", scope.request_id, account.id, account.provider.name)
     return book.save_refresh(account, new_values)
 
@@ -90,19 +110,32 @@ def _send_refresh(scope: RequestScope, account: Account) -> dict[str, str]:
     values = request_values(account.values, "", "", time.time())
     headers = step_headers(provider, step, values, {"chat_id"})
     body = fill_template(provider, step.body, values) if step.body is not None else None
+    timeout = scope.upstream.timeout
     with scope.upstream.send(provider.name, step.method, step_url(provider, step, values), headers, body) as reply:
-        text = reply.read_text()
+        text = _read_answer(reply, timeout)
         cookies = cookie_pairs(reply.set_cookies())
         status, content_type, retry_after = reply.status, reply.content_type, reply.headers.get("Retry-After")
     data = _json_or_none(text)
-    # An error quoting this answer must not carry the new tokens in it either.
+    # An error quoting this answer must carry neither what was sent (the store's rotated values
+    # are in no .env) nor what came back.
     fresh = [dig(data, path) for path, _ in step.fields]
-    redact = scope.redact.with_secrets([*cookies.values(), *(v for v in fresh if isinstance(v, str))])
-    answer = UpstreamAnswer(status, content_type, redact(text), retry_after)
+    sent = [*account.values.values(), *cookies.values(), *(v for v in fresh if isinstance(v, str))]
+    answer = UpstreamAnswer(status, content_type, scope.redact.with_secrets(sent)(text), retry_after)
     if 300 <= answer.status < 400 or data is None:
         # A redirect or a web page is a browser check or an outage, not proof the token is dead.
-        raise upstream_error(f"The credential refresh answered HTTP {answer.status} ({answer.content_type}), not JSON.")
+        where = step.host or provider.host
+        raise upstream_error(f"{where} answered HTTP {answer.status} ({answer.content_type or 'no type'}), not JSON.")
     return _new_values(account, answer, data, cookies)
+
+
+def _read_answer(reply: UpstreamReply, timeout: float) -> str:
+    try:
+        return reply.read_within(timeout, ANSWER_BYTES).decode("utf-8", "replace")
+    except TimeoutError:
+        # The whole answer is bounded, not each gap in it: the refresh lock must outlive it.
+        raise upstream_error(
+            "the answer took too long or was too large.", status=504, code="upstream_timeout"
+        ) from None
 
 
 def _new_values(account: Account, answer: UpstreamAnswer, data: object, cookies: dict[str, str]) -> dict[str, str]:
@@ -130,6 +163,28 @@ def _json_or_none(text: str) -> object | None:
         return json.loads(text)
     except (ValueError, RecursionError):
         return None
+
+
+def _refresh_failed_error(account: Account, error: ApiError) -> ApiError:
+    """The same error, saying it was the refresh that failed (not the chat)."""
+    return ApiError(
+        f"The credential refresh of account {account.id} of provider {account.provider.name} failed: {error.message}",
+        status=error.status,
+        type=error.type,
+        code=error.code,
+        headers=error.headers,
+    )
+
+
+def _failed_recently_error(account: Account, retry_in: float) -> ApiError:
+    outcome = account.record.get("last_refresh", {}).get("outcome", "failed")
+    return upstream_error(
+        f"The upstream rejected the token of account {account.id} of provider {account.provider.name}, and its "
+        f"last refresh {outcome}; the next try is in {int(retry_in) + 1} s.",
+        status=503,
+        code="upstream_refresh_failed",
+        headers={"Retry-After": str(int(retry_in) + 1)},
+    )
 
 
 def _refused_error(account: Account, reason: str) -> ApiError:

@@ -55,6 +55,19 @@ def step_headers(provider: Provider, step: Step, values: dict, unset: set[str] |
     return fill_checked_headers(provider, headers, values, unset)
 
 
+def without_refresh_cookies(provider: Provider, headers: dict[str, str]) -> dict[str, str]:
+    """Headers with the cookies the refresh step rotates taken out of any Cookie header: a
+    refresh_token pasted in with the rest of the cookie jar goes stale at the first refresh,
+    and is never sent with the chat requests."""
+    names = {name for name, _ in provider.refresh.set_cookies} if provider.refresh else set()
+    cookie = next((key for key in headers if key.lower() == "cookie"), None)
+    if not names or cookie is None:
+        return headers
+    kept = [p for p in headers[cookie].split(";") if p.strip() and p.split("=", 1)[0].strip() not in names]
+    trimmed = {key: value for key, value in headers.items() if key != cookie}
+    return {**trimmed, cookie: "; ".join(p.strip() for p in kept)} if kept else trimmed
+
+
 def fill_template(provider: Provider, value: Any, values: dict) -> Any:
     """A body template with its placeholders filled; unset variables are named in the error."""
     try:

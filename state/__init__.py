@@ -31,7 +31,9 @@ def open_store(url: str, secret: str, default_path: Path) -> Store:
     if url == "":
         return _open_sqlite(default_path, secret)
     if url.startswith("sqlite:///"):
-        return _open_sqlite(Path(url.removeprefix("sqlite:///")), secret)
+        # Relative to the folder of the default file (the app's), whatever the working directory:
+        # `python app.py`, gunicorn's --chdir and the importer all mean the same file.
+        return _open_sqlite(default_path.parent / url.removeprefix("sqlite:///"), secret)
     if url.startswith(REDIS_SCHEMES):
         return _open_redis(url, secret)
     if url == "memory://":

@@ -34,11 +34,12 @@ class FakeQwenAuth:
     def __init__(self, lifetime: float = 900) -> None:
         self.app = Flask("fake_qwen_auth")
         self.app.add_url_rule("/api/v2/auths/refresh", view_func=self._refresh, methods=["GET"])
-        self.lifetime = lifetime
+        self.default_lifetime = lifetime
         self.lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
+        self.lifetime = self.default_lifetime
         self.refreshes: list[dict] = []  # every refresh request: headers and the label it rotated
         self.stale_uses = 0  # refresh tokens sent after they were rotated
         self.access: dict[str, tuple[str, float]] = {}  # access token -> (label, expires at)
@@ -46,6 +47,9 @@ class FakeQwenAuth:
         self.rotated: set[str] = set()
         self.refuse = False  # answer every refresh with a JSON unauthorized
         self.html = False  # answer every refresh with a web page (a browser check)
+        self.outage = False  # answer every refresh with HTTP 503
+        self.echo = False  # answer 400 quoting the refresh token it was sent, as a careless server might
+        self.trickle = 0.0  # send a good answer a few bytes at a time, this many seconds apart
         self.delay = 0.0
 
     def issue(self, label: str, lifetime: float | None = None) -> tuple[str, str]:
@@ -65,6 +69,11 @@ class FakeQwenAuth:
             label, expires = self.access.get(token, ("", 0.0))
         return label if expires > time.time() else None
 
+    def _trickled(self, body: bytes):
+        for start in range(0, len(body), 64):
+            time.sleep(self.trickle)
+            yield body[start : start + 64]
+
     def _issue(self, label: str, lifetime: float) -> tuple[str, str]:
         now = time.time()
         access = make_jwt({"id": label, "type": "access_token", "iat": int(now), "exp": int(now + lifetime)})
@@ -80,6 +89,11 @@ class FakeQwenAuth:
             self.refreshes.append({"headers": dict(request.headers), "token": sent})
             if self.html:
                 return Response("<!doctype html><html>check</html>", content_type="text/html")
+            if self.outage:
+                return Response("upstream connect error", status=503, content_type="text/plain")
+            if self.echo:
+                body = {"success": False, "data": {"code": "BadRequest", "details": f"token {sent} malformed"}}
+                return Response(json.dumps(body), status=400, content_type="application/json")
             if sent in self.rotated:
                 self.stale_uses += 1
             label = self.refresh_tokens.pop(sent, None)
@@ -88,6 +102,8 @@ class FakeQwenAuth:
             self.rotated.add(sent)
             access, refresh = self._issue(label, self.lifetime)
         body = {"success": True, "data": {"access_token": access, "refresh_token": refresh, "expires_at": 0}}
+        if self.trickle:
+            return Response(self._trickled(json.dumps(body).encode()), content_type="application/json")
         response = Response(json.dumps(body), content_type="application/json")
         response.set_cookie("refresh_token", refresh, httponly=True, domain="qwen.ai")
         return response

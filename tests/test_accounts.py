@@ -13,6 +13,7 @@ import time
 import openai
 import requests
 
+from state import StateError
 from tests.fake_qwen import Reply, ServerThread, answer_frames, json_reply, sse_reply
 
 RATE_LIMITED = {"success": False, "data": {"code": "RateLimited", "details": "upper limit", "num": 2}}
@@ -274,3 +275,140 @@ def _wait_until(condition, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+# --- what a careless operator, a flaky auth host or a failing store does ------------------------
+
+
+def test_a_fresh_access_token_alone_in_env_keeps_the_stores_live_refresh_token(make_app, env_file, auth, fake_qwen):
+    access, refresh = auth.issue("alice", lifetime=60)
+    write_env(env_file, QWEN_TOKEN=access, QWEN_REFRESH_TOKEN=refresh)
+    client = make_app().test_client()
+    assert chat(client).status_code == 200  # refresh -> rotated
+    pasted, _ = auth.issue("alice", lifetime=60)  # the operator pastes a new access token only
+    write_env(env_file, QWEN_TOKEN=pasted, QWEN_REFRESH_TOKEN=refresh)
+    _age(env_file)
+    assert chat(client).status_code == 200
+    assert len(auth.refreshes) == 2 and auth.stale_uses == 0
+    assert auth.refreshes[1]["token"] != refresh
+    assert fake_qwen.requests[-1]["headers"]["Authorization"] != f"Bearer {pasted}"  # refreshed from it
+
+
+def test_a_refresh_token_already_rotated_is_never_sent_again(make_app, env_file, auth, fake_qwen):
+    auth.lifetime = 60  # every token the fake hands out is about to expire: each request refreshes
+    access, first = auth.issue("alice")
+    write_env(env_file, QWEN_TOKEN=access, QWEN_REFRESH_TOKEN=first)
+    client = make_app().test_client()
+    assert chat(client).status_code == 200  # first -> second
+    second = next(iter(auth.refresh_tokens))
+    newer, _ = auth.issue("alice")
+    write_env(env_file, QWEN_TOKEN=newer, QWEN_REFRESH_TOKEN=second)  # a newer capture holding `second`
+    _age(env_file)
+    assert chat(client).status_code == 200  # second -> third
+    assert [r["token"] for r in auth.refreshes] == [first, second]
+    write_env(env_file, QWEN_TOKEN=access, QWEN_REFRESH_TOKEN=first)  # the old capture pasted back
+    _age(env_file)
+    response = chat(client)
+    assert response.status_code == 401
+    assert "already used once" in response.get_json()["error"]["message"]
+    assert len(auth.refreshes) == 2 and auth.stale_uses == 0
+    assert account_health(client)["state"] == "needs_recapture"
+
+
+def test_a_refresh_error_never_quotes_the_rotated_refresh_token(make_app, env_file, auth, fake_qwen):
+    access, refresh = auth.issue("alice", lifetime=60)  # refreshed at once; the new one lives 900 s
+    write_env(env_file, QWEN_TOKEN=access, QWEN_REFRESH_TOKEN=refresh)
+    client = make_app().test_client()
+    assert chat(client).status_code == 200
+    rotated = next(iter(auth.refresh_tokens))  # only the store holds it
+    auth.echo = True
+    fake_qwen.auth.expire(fake_qwen.requests[-1]["headers"]["Authorization"].removeprefix("Bearer "))
+    response = chat(client)
+    text = response.get_data(as_text=True)
+    assert auth.refreshes[-1]["token"] == rotated and "malformed" in text
+    assert rotated not in text and "[redacted]" in text
+    assert "credential refresh of account 1" in response.get_json()["error"]["message"]
+
+
+def test_an_auth_outage_is_asked_once_and_the_valid_token_keeps_serving(make_app, env_file, auth, fake_qwen):
+    access, refresh = auth.issue("alice", lifetime=60)  # expiring, still accepted
+    write_env(env_file, QWEN_TOKEN=access, QWEN_REFRESH_TOKEN=refresh)
+    auth.outage = True
+    client = make_app().test_client()
+    for _ in range(3):
+        assert chat(client).status_code == 200
+    assert len(auth.refreshes) == 1  # then RETRY_AFTER_FAILURE_SECONDS of rest
+    auth.expire(access)
+    response = chat(client)  # rejected now, and the auth host is still down
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "upstream_refresh_failed"
+    assert int(response.headers["Retry-After"]) <= 30
+    assert len(auth.refreshes) == 1
+    assert account_health(client)["state"] != "needs_recapture"  # an outage is no proof
+
+
+def test_a_trickling_refresh_answer_is_bounded_as_a_whole(make_app, env_file, auth, fake_qwen):
+    access, refresh = auth.issue("alice", lifetime=60)
+    write_env(env_file, QWEN_TOKEN=access, QWEN_REFRESH_TOKEN=refresh)
+    auth.trickle = 0.3  # each gap is short, the whole answer is not
+    client = make_app(UPSTREAM_TIMEOUT=1.0).test_client()
+    assert chat(client).status_code == 200  # served with the still-valid token
+    assert account_health(client)["last_refresh"]["outcome"] == "failed: upstream_timeout"
+
+
+def test_a_refresh_token_left_in_the_cookie_jar_is_never_sent_with_chats(make_app, env_file, auth, fake_qwen):
+    access, refresh = auth.issue("alice")
+    write_env(env_file, QWEN_TOKEN=access, QWEN_REFRESH_TOKEN=refresh, QWEN_COOKIE=f"a=1; refresh_token={refresh}; b=2")
+    assert chat(make_app().test_client()).status_code == 200
+    assert {r["headers"]["Cookie"] for r in fake_qwen.requests} == {"a=1; b=2"}
+
+
+def test_every_account_resting_after_one_request_answers_with_the_earliest_back(make_app, env_file, auth, fake_qwen):
+    first, _ = auth.issue("alice")
+    second, _ = auth.issue("bob")
+    write_env(env_file, QWEN_TOKEN=first, QWEN_TOKEN_2=second)
+    fake_qwen.account_replies["alice"] = json_reply({"success": False, "data": {"code": "ParallelLimited"}})
+    fake_qwen.account_replies["bob"] = json_reply(RATE_LIMITED)  # 2 hours
+    client = make_app(RATE_LIMIT_COOLDOWN_SECONDS=60).test_client()
+    response = chat(client)
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "rate_limit_exceeded"
+    assert 55 < int(response.headers["Retry-After"]) <= 60  # alice is back first
+    assert chat(client).headers["Retry-After"] == response.headers["Retry-After"]
+
+
+def test_every_account_rejected_names_every_accounts_variables(make_app, env_file, auth, fake_qwen):
+    write_env(env_file, QWEN_TOKEN="dead-token-value-1", QWEN_TOKEN_2="dead-token-value-2")
+    response = chat(make_app().test_client())
+    assert response.status_code == 401
+    message = response.get_json()["error"]["message"]
+    assert "QWEN_TOKEN and QWEN_REFRESH_TOKEN (account 1)" in message
+    assert "QWEN_TOKEN_2 and QWEN_REFRESH_TOKEN_2 (account 2)" in message
+
+
+def test_a_failing_state_store_is_a_clear_503_and_leaves_no_account_taken(make_app, env_file, auth, fake_qwen):
+    access, _ = auth.issue("alice")
+    write_env(env_file, QWEN_TOKEN=access)
+    app = make_app(ACCOUNT_CONCURRENCY=1)
+    store = app.extensions["reverse_api"].store
+    client = app.test_client()
+    real_update = store.update
+
+    def broken_update(*args, **kwargs):
+        raise StateError("database is locked")
+
+    store.update = broken_update  # the write after the lease is taken fails
+    first, _ = auth.issue("bob")
+    write_env(env_file, QWEN_TOKEN=access, QWEN_TOKEN_2=first)  # two accounts: the choice notes its use
+    _age(env_file)
+    response = chat(client)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "state_store_unavailable"
+    store.update = real_update
+    assert all(a["in_flight"] == 0 for a in client.get("/health").get_json()["providers"]["qwen"]["accounts"])
+    assert chat(client).status_code == 200
+
+    store.get = broken_update
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.get_json()["status"] == "degraded" and "database is locked" in health.get_json()["state_store_error"]

@@ -33,9 +33,9 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 20) ->
         if process.poll() is not None:
             raise AssertionError(f"server exited with {process.returncode}: {process.stdout.read()}")
         try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
+            if requests.get(url + "/health", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a first answer slow under load
             time.sleep(0.1)
     raise AssertionError("server did not start")
 
@@ -59,7 +59,11 @@ def start(
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_for_health(url, process)
+    try:
+        wait_for_health(url, process)
+    except BaseException:
+        stop(process)  # a server that never became healthy must not outlive the test
+        raise
     return process, url
 
 

@@ -475,9 +475,13 @@ def test_an_empty_url_opens_sqlite_at_the_default_path(tmp_path):
 
 
 def test_sqlite_urls_take_relative_and_absolute_paths(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    """A relative path is relative to the app's folder (the default file's), not the working directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     with contextlib.closing(open_store("sqlite:///relative/dir/a.sqlite3", "", tmp_path / "unused")) as opened:
         opened.put("k", {"v": 1})
+    assert not (elsewhere / "relative").exists()
     absolute = f"sqlite:///{tmp_path}/absolute/b.sqlite3"
     assert absolute.startswith("sqlite:////")
     with contextlib.closing(open_store(absolute, "", tmp_path / "unused")) as opened:
