@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from state.contract import StateError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("reverse_api")  # the service's own handler and format
 
 # A Fernet key as Fernet.generate_key() writes it: urlsafe base64 of 32 bytes, 44 characters.
 FERNET_KEY = re.compile(r"[A-Za-z0-9_-]{43}=")

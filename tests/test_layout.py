@@ -17,7 +17,18 @@ NOT_SERVICE = {"tests", "bench"}
 MAX_LINES = 500
 # Imports point inward: a module may use its own layer and the layers before it, never a later one.
 LAYERS = [
-    {"converters", "streaming", "redaction", "placeholders", "drift", "keepalive", "dialects", "credentials"},  # pure
+    {
+        "converters",
+        "streaming",
+        "redaction",
+        "placeholders",
+        "drift",
+        "keepalive",
+        "dialects",
+        "credentials",
+        "tool_prompt",
+        "tool_parser",
+    },  # pure
     # folders, settings, transport, state
     {"settings", "provider_loader", "provider_steps", "upstream", "upstream_requests", "model_catalog", "state"},
     {"accounts", "refresh", "pipeline", "routing", "services"},  # one request's work
