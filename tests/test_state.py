@@ -426,10 +426,10 @@ def test_state_sealed_under_another_secret_reads_as_absent_with_one_warning(back
         old.put("a", {"token": TOKEN})
         old.put("b", {"token": TOKEN})
     with contextlib.closing(open_store(url, "a new secret, long and random as well", tmp_path)) as new:
-        with caplog.at_level(logging.WARNING, logger="state.crypto"):
+        with caplog.at_level(logging.WARNING, logger="reverse_api"):
             assert (new.get("a"), new.take("b"), new.update("a", increment)) == (None, None, {"n": 1})
         assert new.get("a") == {"n": 1}  # overwritten under the new secret
-    warnings = [r.getMessage() for r in caplog.records if r.name == "state.crypto"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "reverse_api"]
     assert len(warnings) == 1 and "STATE_SECRET changed" in warnings[0], warnings
 
 
