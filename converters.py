@@ -95,6 +95,9 @@ class ChatRequest:
     provider: str | None = None
     tools: tuple[dict, ...] = ()
     tool_choice: Any = None
+    parallel_tool_calls: bool = True
+    # Text a dialect puts before the conversation (the tool protocol, for upstreams without tools).
+    preamble: str = ""
     # The client's own body, for dialects that pass it through to a compatible upstream.
     passthrough: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -118,22 +121,23 @@ def message_texts(messages: Iterable[Message]) -> list[str]:
     return [message_text(message, index) for index, message in enumerate(messages)]
 
 
-def fold_messages(messages: tuple[Message, ...], texts: list[str] | None = None) -> str:
-    """Fold a conversation into one user text, as web chats take it.
+def fold_messages(messages: tuple[Message, ...], texts: list[str] | None = None, preamble: str = "") -> str:
+    """Fold a conversation into one user text, as web chats take it, after ``preamble`` if any.
 
     A lone user message goes as its text unchanged; anything else gets role labels.
     """
     texts = message_texts(messages) if texts is None else texts
     if len(messages) == 1 and messages[0].role == "user":
-        return texts[0]
+        return "\n\n".join(text for text in (preamble, texts[0]) if text)
     blocks = [_labelled(message, text) for message, text in zip(messages, texts, strict=True)]
-    return "\n\n".join(block for block in blocks if block)
+    return "\n\n".join(block for block in (preamble, *blocks) if block)
 
 
 def _labelled(message: Message, text: str) -> str:
     if message.role == "tool":
         ref = message.tool_call_id or message.name
-        return f"Tool result ({ref}):\n{text}" if ref else f"Tool result:\n{text}"
+        # Without a reference the text is already labelled (the tool protocol's numbered results).
+        return f"Tool result ({ref}):\n{text}" if ref else text
     calls = "\n".join(f"[called {call.name}({call.arguments})]" for call in message.tool_calls)
     if calls:
         text = "\n".join(t for t in (text, calls) if t)

@@ -28,6 +28,7 @@ from redaction import Redactor, redact_headers
 from refresh import RETRY_AFTER_FAILURE_SECONDS, refresh_account
 from state import StateError
 from streaming import SseLineTooLong, iter_data, iter_sse_events
+from tool_emulation import iter_reply_with_tools
 from upstream import UpstreamClient, UpstreamReply
 from upstream_requests import (
     fill_template,
@@ -96,9 +97,13 @@ def start_watched_reply(
     leaves. The upstream connection closes with the iterator."""
 
     def produce(abort_watch: Callable[[UpstreamReply], None]) -> Iterator[Delta]:
-        # Formatted in the reader: hidden reasoning is silence for the client, so it must not
-        # hold the keep-alive back.
-        return iter_reasoning_format(open_reply(scope, provider, chat_request, abort_watch), reasoning_format)
+        # Formatted in the reader: hidden reasoning (and text held back while a tool call may be
+        # starting) is silence for the client, so it must not hold the keep-alive back.
+        def open_attempt(request: ChatRequest) -> Iterator[Delta]:
+            return open_reply(scope, provider, request, abort_watch)
+
+        native = DIALECTS[provider.dialect].native_tools
+        return iter_reasoning_format(iter_reply_with_tools(open_attempt, chat_request, native), reasoning_format)
 
     deltas = iter_watched(PacedReply(produce), watch)
     return _prepend(first_deltas(deltas), deltas)

@@ -77,3 +77,5 @@ class Dialect:
     iter_deltas: Callable[[Iterable[str], str, DriftLog | None], Iterator[Delta]]
     read_error: Callable[[UpstreamAnswer, str], ApiError]
     hints: ImportHints
+    # Takes the client's tools itself (passes them through); otherwise the service emulates them.
+    native_tools: bool = False

@@ -125,4 +125,5 @@ DIALECT = Dialect(
     iter_deltas=iter_openai_deltas,
     read_error=read_error,
     hints=ImportHints(recognizes=recognizes, strip_prompt=strip_prompt, metadata=folder_metadata),
+    native_tools=True,  # tools, tool_choice and tool results pass through in the client's own body
 )

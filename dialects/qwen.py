@@ -74,7 +74,9 @@ def prepare(chat_request: ChatRequest, history: bool) -> Plan:
     """Refuse content this web chat cannot take, before anything is sent upstream."""
     model, thinking = thinking_choice(chat_request.model, chat_request.reasoning_effort)
     texts = message_texts(chat_request.messages)
-    prompt = "" if history else fold_messages(chat_request.messages, texts)
+    if history and chat_request.preamble and texts:
+        texts[0] = f"{chat_request.preamble}\n\n{texts[0]}"  # each message goes apart: it leads the first
+    prompt = "" if history else fold_messages(chat_request.messages, texts, chat_request.preamble)
     return Plan(model, QwenNotes(thinking, texts, prompt))
 
 

@@ -99,7 +99,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise ApiError("'messages' is required and must be a non-empty array.", param="messages")
     for index, message in enumerate(messages):
         _validate_message(message, f"messages[{index}]")
-    tools = body.get("tools")
+    tools, tool_choice = _tools_of(body)
     return ChatRequest(
         model=model,
         messages=tuple(_message(message) for message in messages),
@@ -107,10 +107,23 @@ def parse_chat_request(body: Any) -> ChatRequest:
         include_usage=_include_usage(body),
         reasoning_effort=_optional(body, "reasoning_effort", str, None),
         provider=_optional(body, "provider", str, None),
-        tools=tuple(tools) if isinstance(tools, list) else (),
-        tool_choice=body.get("tool_choice"),
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=_optional(body, "parallel_tool_calls", bool, True),
         passthrough=body,
     )
+
+
+def _tools_of(body: dict) -> tuple[tuple, Any]:
+    """``tools`` and ``tool_choice``; the deprecated ``functions`` and ``function_call`` read as them."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is None and isinstance(body.get("functions"), list):
+        tools = [{"type": "function", "function": f} for f in body["functions"]]
+        legacy = body.get("function_call")
+        choice = {"type": "function", "function": legacy} if isinstance(legacy, dict) else legacy
+    if tools is not None and not isinstance(tools, list):
+        raise ApiError("'tools' must be an array of tools.", param="tools")
+    return tuple(tools or ()), choice
 
 
 def _validate_message(message: Any, param: str) -> None:

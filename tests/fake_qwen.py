@@ -141,6 +141,8 @@ class FakeQwen:
         # ``account_replies`` scripts what one account's completions answer.
         self.auth = None
         self.account_replies: dict[str, Reply] = {}
+        # A model: called with each completion's JSON body, it returns the Reply (tests/test_tools.py).
+        self.responder = None
 
     def _record(self) -> str | None:
         account = self.auth.valid_access(request.headers.get("Authorization", "")) if self.auth else None
@@ -170,6 +172,8 @@ class FakeQwen:
         account = self._record()
         if self._rejected(account):
             return self._answer(json_reply(UNAUTHORIZED))
+        if self.responder is not None:
+            return self._answer(self.responder(request.get_json(silent=True) or {}), watch=True)
         return self._answer(self.account_replies.get(account or "", self.reply), watch=True)
 
     def _answer(self, reply: Reply, watch: bool = False) -> Response:

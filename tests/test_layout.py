@@ -27,6 +27,7 @@ LAYERS = [
         "dialects",
         "credentials",
         "tool_prompt",
+        "tool_emulation",
         "tool_parser",
     },  # pure
     # folders, settings, transport, state
