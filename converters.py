@@ -136,8 +136,7 @@ def fold_messages(messages: tuple[Message, ...], texts: list[str] | None = None,
 def _labelled(message: Message, text: str) -> str:
     if message.role == "tool":
         ref = message.tool_call_id or message.name
-        # Without a reference the text is already labelled (the tool protocol's numbered results).
-        return f"Tool result ({ref}):\n{text}" if ref else text
+        return f"Tool result ({ref}):\n{text}" if ref else f"Tool result:\n{text}"
     calls = "\n".join(f"[called {call.name}({call.arguments})]" for call in message.tool_calls)
     if calls:
         text = "\n".join(t for t in (text, calls) if t)

@@ -64,6 +64,7 @@ class ToolCallParser:
 
     def _reset(self) -> None:
         self._rest = ""  # not yet read: held-back text, or the unread part of a call
+        self._line = ""  # the end of the current line as read so far (a fence counts at its start only)
         self._in_fence = False
         self._in_call = False
         self._head: list[str] = []  # the call read so far, its start marker first
@@ -102,15 +103,29 @@ class ToolCallParser:
         buffer, pos = self._rest, 0
         while match := (_FENCE_STOP if self._in_fence else _TEXT_STOP).search(buffer, pos):
             if match.group() != FENCE:
-                _emit(out, buffer[: match.start()])
+                self._emit_text(out, buffer[: match.start()])
+                self._line = "call"  # whatever follows the call is not at a line's start
                 self._start_call(match.group(), buffer[match.end() :])
                 return True
-            self._in_fence = not self._in_fence  # markers inside a code block are documentation
+            if self._opens_line(buffer, match.start()):
+                self._in_fence = not self._in_fence  # markers inside a code block are documentation
             pos = match.end()
         keep = _held_from(buffer, pos, (FENCE,) if self._in_fence else (*_STARTS, FENCE))
-        _emit(out, buffer[:keep])
+        self._emit_text(out, buffer[:keep])
         self._rest = buffer[keep:]
         return False
+
+    def _opens_line(self, buffer: str, at: int) -> bool:
+        """A fence counts only at the start of a line (after at most three spaces), as in Markdown:
+        an inline ``` in prose must not turn every later call into documentation."""
+        start = buffer.rfind("\n", 0, at)
+        before = buffer[start + 1 : at] if start >= 0 else self._line + buffer[:at]
+        return len(before) <= 3 and not before.strip()
+
+    def _emit_text(self, out: list[Event], text: str) -> None:
+        _emit(out, text)
+        newline = text.rfind("\n")
+        self._line = (self._line + text if newline < 0 else text[newline + 1 :])[-4:]
 
     def _start_call(self, marker: str, rest: str) -> None:
         self._in_call, self._head, self._rest, self._size = True, [marker], rest, 0
@@ -169,8 +184,18 @@ class ToolCallParser:
             elif char == '"':
                 self._in_string = True
             return char not in "<`"
+        if self._phase == "key":
+            # Just after the object's "{" only a key or the object's end may come: prose such as
+            # "[TOOL CALL] { and then..." is text at once, not held to the end of the answer.
+            if char.isspace():
+                return True
+            self._phase = "object"
+            if char == "}":
+                self._depth, self._phase = 0, "trail"
+            self._in_string = char == '"'
+            return char in '"}'
         if self._phase == "lead" and char == "{":
-            lead, self._phase, self._depth, self._edge = self._edge, "object", 1, ""
+            lead, self._phase, self._depth, self._edge = self._edge, "key", 1, ""
             return _LEAD.fullmatch(lead) is not None
         self._edge += char
         prefix = _LEAD_PREFIX if self._phase == "lead" else _TRAIL_PREFIX
@@ -191,7 +216,7 @@ class ToolCallParser:
             out.append(call)
         else:
             text += self._rest[i : i + end]
-            _emit(out, text)
+            self._emit_text(out, text)
             if text.count(FENCE) % 2:  # the reader sees a fence opened in that text
                 self._in_fence = not self._in_fence
         self._in_call = False

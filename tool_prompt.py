@@ -7,7 +7,7 @@ Provides ``function_tools`` and ``ToolChoice`` (the client's ``tools`` and ``too
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -25,6 +25,9 @@ MAX_ENUM = 12  # enum values shown before "…"
 MAX_FIELDS = 12  # fields of a nested object shown before "…"
 MAX_DEPTH = 2  # nested objects are shown field by field down to this depth, then as "object"
 MAX_NESTING = 8  # schema levels followed at all ($ref cycles end here)
+MAX_SCHEMA_DEPTH = 64  # JSON levels a tool's parameters may nest (far past any real schema)
+BLOCKS_KEPT = 256  # prompt blocks kept, by a digest of their tools
+_BLOCKS: dict[tuple, str] = {}  # in insertion order: the oldest goes first
 RESULT_END = "[END TOOL RESULT]"
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -163,7 +166,21 @@ def _tool_parameters(body: dict, where: str) -> dict:
             f'{where}.parameters must be a JSON Schema object ({{"type": "object", ...}}), not {_shown(parameters)}.',
             f"{where}.parameters",
         )
+    if _depth(parameters) > MAX_SCHEMA_DEPTH:
+        # Copying and summarising walk the schema recursively: refuse it here, not with a 500.
+        raise _invalid_tool(f"{where}.parameters nests deeper than {MAX_SCHEMA_DEPTH} levels.", f"{where}.parameters")
     return copy_json(parameters)
+
+
+def _depth(value: Any) -> int:
+    """How deeply a JSON value nests, without recursing."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _invalid_tool(message: str, param: str) -> ApiError:
@@ -185,15 +202,20 @@ def tool_block(tools: tuple[ToolSpec, ...], choice: ToolChoice, parallel: bool) 
     """
     if not tools:
         return ""
-    key = json.dumps([[t.name, t.description, t.parameters] for t in tools], ensure_ascii=False, default=repr)
-    return _cached_block(key, choice, parallel)
+    canonical = json.dumps([[t.name, t.description, t.parameters] for t in tools], ensure_ascii=False, default=repr)
+    # Kept by a digest of the tools, not their text: a cache of large tool lists must not pin them.
+    key = (hashlib.sha256(canonical.encode()).hexdigest(), choice, parallel)
+    block = _BLOCKS.get(key)
+    if block is None:
+        block = _BLOCKS[key] = _build_block(tools, choice, parallel)
+        while len(_BLOCKS) > BLOCKS_KEPT:
+            _BLOCKS.pop(next(iter(_BLOCKS)))
+    return block
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_block(key: str, choice: ToolChoice, parallel: bool) -> str:
+def _build_block(tools: tuple[ToolSpec, ...], choice: ToolChoice, parallel: bool) -> str:
     if choice.mode == "none":
         return NONE_NOTICE
-    tools = [ToolSpec(name, description, parameters) for name, description, parameters in json.loads(key)]
     shown = next((tool for tool in tools if tool.name == choice.name), tools[0])
     example = "\n".join((CALL_START, _call_json(shown.name, _example_arguments(shown.parameters)), CALL_END))
     sections = [

@@ -111,7 +111,7 @@ def test_fold_assistant_with_text_and_several_tool_calls():
         ({"role": "assistant", "content": "Earlier answer"}, "Assistant: Earlier answer"),
         ({"role": "tool", "tool_call_id": "call_9", "content": "42"}, "Tool result (call_9):\n42"),
         ({"role": "function", "name": "lookup", "content": "42"}, "Tool result (lookup):\n42"),
-        ({"role": "tool", "content": "42"}, "42"),  # no reference: the text is labelled already (tool results)
+        ({"role": "tool", "content": "42"}, "Tool result:\n42"),
     ],
 )
 def test_fold_labels_a_lone_non_user_message(message, expected):

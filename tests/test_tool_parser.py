@@ -320,3 +320,23 @@ def test_random_answers_split_randomly_match_the_whole(fragments, data):
     assert feed_pieces(list(answer)) == whole
     if not any(isinstance(event, CallEvent) for event in whole):
         assert text_of(whole) == answer  # nothing taken: nothing lost
+
+
+def test_prose_about_the_protocol_is_not_held_to_the_end():
+    parser = ToolCallParser({"get_weather"})
+    events = parser.feed("To call a tool I open with [TOOL CALL] { and put the name inside. More text")
+    assert "".join(e.text for e in events if isinstance(e, TextEvent)).startswith(
+        "To call a tool I open with [TOOL CALL] {"
+    )
+
+
+def test_an_inline_fence_in_prose_does_not_hide_later_calls():
+    text = (
+        'Use triple backticks (```) for code.\n[TOOL CALL]\n{"name": "get_weather", "arguments": {}}\n[END TOOL CALL]'
+    )
+    assert [e for e in parse_all(text, {"get_weather"}) if isinstance(e, CallEvent)] == [CallEvent("get_weather", {})]
+
+
+def test_a_fence_at_a_line_start_still_hides_a_call():
+    text = 'Example:\n  ```\n[TOOL CALL]\n{"name": "get_weather", "arguments": {}}\n[END TOOL CALL]\n```\n'
+    assert parse_all(text, {"get_weather"}) == [TextEvent(text)]

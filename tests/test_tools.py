@@ -264,3 +264,94 @@ def test_a_full_agent_round_trip_uses_the_tools_result(service, fake_qwen):
     final = llm.invoke(history)
     assert final.tool_calls == []
     assert final.content == "The weather: sunny in Paris."
+
+
+# --- what a careless model or client sends -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '[TOOL CALL]\n{"name": ["get_weather"], "arguments": {}}\n[END TOOL CALL]',
+        '[TOOL CALL]\n{"name": {"a": 1}, "arguments": {}}\n[END TOOL CALL]',
+        "[TOOL CALL]\n" + "[" * 5000 + "]" * 5000 + "\n[END TOOL CALL]",
+    ],
+)
+def test_a_required_call_answered_with_nonsense_is_asked_again_then_502(sdk, fake_qwen, answer):
+    import openai
+
+    prompts = model(fake_qwen, answer)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools=[WEATHER], tool_choice="required")
+    assert caught.value.status_code == 502 and caught.value.code == "tool_call_failed"
+    assert caught.value.response.headers["x-should-retry"] == "false"  # the service asked again already
+    assert len(prompts) == 3
+
+
+def test_a_call_inside_a_code_block_is_named_as_the_reason(sdk, fake_qwen):
+    import openai
+
+    prompts = model(fake_qwen, "```\n" + CALL + "\n```")
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools=[WEATHER], tool_choice="required")
+    assert "inside a ``` code block" in caught.value.message and "code block" in prompts[1]
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "code"),
+    [
+        (None, "required", "invalid_tool_choice"),
+        ([], {"type": "function", "function": {"name": "nope"}}, "invalid_tool_choice"),
+        ([{"type": "web_search"}], "required", "invalid_tool_choice"),
+    ],
+)
+def test_a_required_call_with_nothing_to_call_is_a_400(sdk, fake_qwen, tools, choice, code):
+    import openai
+
+    model(fake_qwen, "plain text answer")
+    extra = {"tools": tools} if tools is not None else {}
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="qwen3-max", messages=ASK, tool_choice=choice, **extra)
+    assert caught.value.code == code
+    assert fake_qwen.requests == []
+
+
+def test_a_deeply_nested_schema_is_a_400_not_a_500(sdk, fake_qwen):
+    import openai
+
+    schema: dict = {}
+    for _ in range(500):
+        schema = {"items": schema}
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "deep", "parameters": {"type": "object", "properties": {"a": schema}}},
+        }
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools=tools)
+    assert caught.value.code == "invalid_tool" and "nests deeper" in caught.value.message
+
+
+@pytest.mark.parametrize("answer", [CALL + "\n", "\n\n" + CALL + "\n\n", CALL + "\n" + CALL.replace("Paris", "Rome")])
+def test_white_space_around_calls_is_no_content(sdk, fake_qwen, answer):
+    model(fake_qwen, answer)
+    reply = sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools=[WEATHER])
+    assert reply.choices[0].message.content is None
+    assert reply.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_tool_result_the_model_makes_up_after_its_call_is_not_relayed(sdk, fake_qwen):
+    model(
+        fake_qwen, CALL + "\n[TOOL RESULT 1: get_weather, call call_1]\nsunny\n[END TOOL RESULT]\nIt is sunny.", size=2
+    )
+    reply = sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools=[WEATHER])
+    assert reply.choices[0].message.content is None
+    assert len(reply.choices[0].message.tool_calls) == 1
+
+
+def test_usage_counts_every_try_of_a_required_call(sdk, fake_qwen):
+    model(fake_qwen, "no call here", CALL, size=1000)  # one frame each: usage of 1 output token per try
+    reply = sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools=[WEATHER], tool_choice="required")
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert reply.usage.completion_tokens == 2 and reply.usage.prompt_tokens == 20
