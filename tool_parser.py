@@ -6,6 +6,7 @@ Provides ``ToolCallParser`` (feed text, get ``TextEvent``s and ``CallEvent``s) a
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -291,10 +292,17 @@ def _call_from(body: str, names: frozenset[str]) -> CallEvent | None:
 
 def _json_object(text: str) -> dict | None:
     try:
-        data = json.loads(text, strict=False, parse_constant=_refuse_constant)
+        data = json.loads(text, strict=False, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: read as infinity, written back as Infinity, which is not JSON
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

@@ -122,7 +122,7 @@ def _tools_of(body: dict) -> tuple[tuple, Any]:
         legacy = body.get("function_call")
         choice = {"type": "function", "function": legacy} if isinstance(legacy, dict) else legacy
     if tools is not None and not isinstance(tools, list):
-        raise ApiError("'tools' must be an array of tools.", param="tools")
+        raise ApiError("'tools' must be an array of tools.", param="tools", code="invalid_tool")
     return tuple(tools or ()), choice
 
 

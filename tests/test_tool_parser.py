@@ -340,3 +340,8 @@ def test_an_inline_fence_in_prose_does_not_hide_later_calls():
 def test_a_fence_at_a_line_start_still_hides_a_call():
     text = 'Example:\n  ```\n[TOOL CALL]\n{"name": "get_weather", "arguments": {}}\n[END TOOL CALL]\n```\n'
     assert parse_all(text, {"get_weather"}) == [TextEvent(text)]
+
+
+def test_a_number_json_cannot_write_back_makes_no_call():
+    text = '[TOOL CALL]\n{"name": "get_weather", "arguments": {"x": 1e400}}\n[END TOOL CALL]'
+    assert parse_all(text, {"get_weather"}) == [TextEvent(text)]

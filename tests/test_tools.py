@@ -355,3 +355,11 @@ def test_usage_counts_every_try_of_a_required_call(sdk, fake_qwen):
     reply = sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools=[WEATHER], tool_choice="required")
     assert reply.choices[0].finish_reason == "tool_calls"
     assert reply.usage.completion_tokens == 2 and reply.usage.prompt_tokens == 20
+
+
+def test_tools_that_are_not_an_array_are_a_400_invalid_tool(sdk, fake_qwen):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="qwen3-max", messages=ASK, tools={})
+    assert (caught.value.code, caught.value.param) == ("invalid_tool", "tools")
