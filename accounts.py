@@ -188,8 +188,16 @@ class AccountBook:
 
     # --- choosing ----------------------------------------------------------------------------
 
-    def choose(self, provider: Provider, file_values: dict[str, str], tried: set[str], request_id: str) -> Lease:
-        """An available account, least recently used first; waits while every one is busy.
+    def choose(
+        self,
+        provider: Provider,
+        file_values: dict[str, str],
+        tried: set[str],
+        request_id: str,
+        prefer: str | None = None,
+    ) -> Lease:
+        """An available account, ``prefer`` (a continued chat's) first, then the least recently
+        used; waits while every one is busy.
 
         :raise ApiError: 429 ``accounts_busy`` after ACCOUNT_WAIT_SECONDS, or why none can serve.
         """
@@ -202,7 +210,7 @@ class AccountBook:
             if not usable:
                 # Told of every account, those this request tried included: the earliest back.
                 raise self._none_usable_error(provider, every, now)
-            for account in sorted(usable, key=lambda a: a.record.get("last_used", 0)):
+            for account in sorted(usable, key=lambda a: (a.id != prefer, a.record.get("last_used", 0))):
                 lease = self._take(account, request_id, note_use=len(candidates) > 1)
                 if lease is not None:
                     return lease

@@ -43,6 +43,9 @@ class ApiError(Exception):
             self.headers["x-should-retry"] = "true" if retryable else "false"
 
 
+CHAT_GONE = "upstream_chat_gone"  # a continued chat the upstream no longer takes: start a fresh one
+
+
 def upstream_error(message: str, status: int = 502, code: str = "upstream_error", **kwargs: Any) -> ApiError:
     return ApiError(message, status=status, type="server_error", code=code, **kwargs)
 

@@ -9,6 +9,7 @@ away is swapped for the next, unseen by the client. Model lists are fetched here
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -18,7 +19,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from accounts import EXHAUSTED, Account, Lease
-from converters import ApiError, ChatRequest, Delta, copy_json, dig, iter_reasoning_format, upstream_error
+from conversations import ReplyRecord, continued_request, iter_remembering
+from converters import (
+    CHAT_GONE,
+    ApiError,
+    ChatRequest,
+    Delta,
+    Message,
+    copy_json,
+    dig,
+    iter_reasoning_format,
+    upstream_error,
+)
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
 from keepalive import PacedReply, Watch, first_deltas, iter_watched
@@ -62,6 +74,8 @@ class Exchange:
     account: Account
     chat_id: str = ""
     watch: Callable[[UpstreamReply], None] | None = None  # told of each upstream reply opened
+    parent_id: str = ""  # in a continued chat: the reply this turn answers
+    turn: ReplyRecord | None = None  # told which account and chat answered
     redact: Redactor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,11 +113,20 @@ def start_watched_reply(
     def produce(abort_watch: Callable[[UpstreamReply], None]) -> Iterator[Delta]:
         # Formatted in the reader: hidden reasoning (and text held back while a tool call may be
         # starting) is silence for the client, so it must not hold the keep-alive back.
+        turn = ReplyRecord(continuation=_take_continuation(scope, provider, chat_request))
+
         def open_attempt(request: ChatRequest) -> Iterator[Delta]:
-            return open_reply(scope, provider, request, abort_watch)
+            try:
+                return open_reply(scope, provider, request, abort_watch, turn)
+            finally:
+                turn.continuation = None  # a required call asked for again goes to a fresh chat
+
+        def remember(reply: Message) -> None:
+            _remember(scope, provider, chat_request, reply, turn)
 
         native = DIALECTS[provider.dialect].native_tools
-        return iter_reasoning_format(iter_reply_with_tools(open_attempt, chat_request, native), reasoning_format)
+        deltas = iter_remembering(iter_reply_with_tools(open_attempt, chat_request, native), remember)
+        return iter_reasoning_format(deltas, reasoning_format)
 
     deltas = iter_watched(PacedReply(produce), watch)
     return _prepend(first_deltas(deltas), deltas)
@@ -114,6 +137,7 @@ def open_reply(
     provider: Provider,
     chat_request: ChatRequest,
     watch: Callable[[UpstreamReply], None] | None = None,
+    turn: ReplyRecord | None = None,
 ) -> Iterator[Delta]:
     """The reply of the first account that gives one; ``watch`` sees every upstream reply opened.
 
@@ -126,11 +150,20 @@ def open_reply(
     tried: set[str] = set()
     last_error: ApiError | None = None
     while True:
-        lease = _choose_account(scope, provider, tried, last_error)
+        continuation = turn.continuation if turn else None
+        lease = _choose_account(scope, provider, tried, last_error, continuation)
+        if continuation and lease.account.id != continuation.account_id:
+            turn.continuation = None  # its account cannot take it now: a fresh chat
         try:
-            first, rest = _answer_of(scope, provider, chat_request, lease.account, watch)
+            first, rest = _answer_of(scope, provider, chat_request, lease.account, watch, turn)
         except ApiError as exc:
             scope.accounts.release(lease)
+            if exc.code == CHAT_GONE and turn and turn.continuation:
+                turn.continuation = None  # the upstream lost that chat: the whole history, unseen
+                continue
+            if exc.code == CHAT_GONE:  # refused for a fresh chat: no chat to give up, a plain refusal
+                exc = upstream_error(exc.message, status=exc.status, headers=exc.headers)
+                raise exc from None
             tried.add(lease.account.id)
             if not _judged(scope, lease.account, exc):
                 raise
@@ -144,12 +177,37 @@ def open_reply(
             if isinstance(exc, StateError):
                 raise store_unavailable_error(exc) from None
             raise
-        return _relay(scope, lease, first, rest)
+        return _relay(scope, lease, first, rest, turn)
 
 
-def _choose_account(scope: RequestScope, provider: Provider, tried: set[str], last_error: ApiError | None) -> Lease:
+def _take_continuation(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Any:
+    """The remembered chat this request extends, when the folder says how to continue one."""
+    if not (scope.continuation and provider.parent_fields and provider.message_mode == "single"):
+        return None
     try:
-        return scope.accounts.choose(provider, scope.file_values, tried, scope.request_id)
+        return scope.conversations.take(provider.name, chat_request)
+    except StateError as exc:
+        log.warning("%s no continuation (the state store failed: %s)", scope.request_id, exc)
+        return None
+
+
+def _remember(
+    scope: RequestScope, provider: Provider, chat_request: ChatRequest, reply: Message, turn: ReplyRecord
+) -> None:
+    if not (scope.continuation and provider.parent_fields and provider.message_mode == "single"):
+        return
+    try:
+        scope.conversations.remember(provider.name, chat_request, reply, turn)
+    except StateError as exc:
+        log.warning("%s conversation not remembered (the state store failed: %s)", scope.request_id, exc)
+
+
+def _choose_account(
+    scope: RequestScope, provider: Provider, tried: set[str], last_error: ApiError | None, continuation: Any
+) -> Lease:
+    prefer = continuation.account_id if continuation else None
+    try:
+        return scope.accounts.choose(provider, scope.file_values, tried, scope.request_id, prefer)
     except ApiError as exc:
         if last_error is not None and exc.code in (EXHAUSTED, "accounts_busy"):
             raise last_error from None  # what the upstream said says more than "no account left"
@@ -192,16 +250,17 @@ def _answer_of(
     chat_request: ChatRequest,
     account: Account,
     watch: Callable[[UpstreamReply], None] | None,
+    turn: ReplyRecord | None = None,
 ) -> tuple[list[Delta], Iterator[Delta]]:
     """One account's attempt up to its first delta; a rejected credential is refreshed and retried once."""
     account = fresh_account(scope, account)
     try:
-        return _first_of(new_exchange(scope, provider, chat_request, account, watch))
+        return _first_of(new_exchange(scope, provider, chat_request, account, watch, turn))
     except ApiError as exc:
         if exc.code != "upstream_credential_rejected" or not account.refreshable:
             raise
     account = refresh_account(scope, scope.accounts, account, forced=True)
-    return _first_of(new_exchange(scope, provider, chat_request, account, watch))
+    return _first_of(new_exchange(scope, provider, chat_request, account, watch, turn))
 
 
 def fresh_account(scope: RequestScope, account: Account) -> Account:
@@ -224,6 +283,8 @@ def fresh_account(scope: RequestScope, account: Account) -> Account:
 def _first_of(exchange: Exchange) -> tuple[list[Delta], Iterator[Delta]]:
     """Steps, completion, and its deltas up to the first that says something."""
     run_steps(exchange)
+    if exchange.turn is not None:
+        exchange.turn.account_id, exchange.turn.chat_id = exchange.account.id, exchange.chat_id
     deltas = completion(exchange)
     leading: list[Delta] = []
     try:
@@ -237,11 +298,15 @@ def _first_of(exchange: Exchange) -> tuple[list[Delta], Iterator[Delta]]:
     return leading, deltas
 
 
-def _relay(scope: RequestScope, lease: Lease, first: list[Delta], rest: Iterator[Delta]) -> Iterator[Delta]:
+def _relay(
+    scope: RequestScope, lease: Lease, first: list[Delta], rest: Iterator[Delta], turn: ReplyRecord | None
+) -> Iterator[Delta]:
     """The reply, holding its account until it ends; a quota met mid-stream still rests the account."""
     try:
-        yield from first
-        yield from rest
+        for delta in itertools.chain(first, rest):
+            if turn is not None and delta.response_id and not turn.response_id:
+                turn.response_id = delta.response_id  # what the next turn names as its parent
+            yield delta
     except ApiError as exc:
         with contextlib.suppress(StateError):  # the reply's own error matters more
             scope.accounts.judge(lease.account, exc, after_first_byte=True)
@@ -257,19 +322,26 @@ def new_exchange(
     chat_request: ChatRequest,
     account: Account,
     watch: Callable[[UpstreamReply], None] | None = None,
+    turn: ReplyRecord | None = None,
 ) -> Exchange:
-    """One attempt's state: the account it speaks for, the plan, the time."""
+    """One attempt's state: the account it speaks for, the plan, the time (and the chat it continues)."""
     dialect = DIALECTS[provider.dialect]
+    continuation = turn.continuation if turn else None
+    if continuation:
+        chat_request = continued_request(chat_request, continuation)
     # Checked once per attempt, before anything is sent upstream.
     plan = dialect.prepare(chat_request, provider.message_mode == "history")
-    return Exchange(scope, provider, dialect, chat_request, plan, time.time(), account, watch=watch)
+    exchange = Exchange(scope, provider, dialect, chat_request, plan, time.time(), account, watch=watch, turn=turn)
+    if continuation:
+        exchange.chat_id, exchange.parent_id = continuation.chat_id, continuation.parent_id
+    return exchange
 
 
 def create_chat(exchange: Exchange) -> None:
     """Open a chat when the provider declares that step (Qwen v2); its id fills ${chat_id}."""
     provider = exchange.provider
     step = provider.create_chat
-    if step is None:
+    if step is None or exchange.chat_id:  # a continued chat exists already
         return
     values = exchange.values()
     # The chat does not exist yet: captured headers naming it (a Referer) are left out unless overridden.
@@ -297,7 +369,10 @@ def completion(exchange: Exchange) -> Iterator[Delta]:
     provider = exchange.provider
     values = exchange.values()
     headers = without_refresh_cookies(provider, request_headers(provider, values))
-    call = UpstreamCall(exchange.plan, exchange.chat_id, exchange.now, provider.message_mode == "history")
+    history = provider.message_mode == "history"
+    call = UpstreamCall(
+        exchange.plan, exchange.chat_id, exchange.now, history, exchange.parent_id, provider.parent_fields
+    )
     # The template is filled first, so placeholders in the client's own text are never expanded.
     template = fill_template(provider, provider.payload, values)
     payload = exchange.dialect.build_payload(template, exchange.chat_request, call)

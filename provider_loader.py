@@ -42,6 +42,7 @@ KNOWN_METADATA_KEYS = frozenset(
         "optional_variables",
         "create_chat",
         "refresh_credential",
+        "continuation",
         "message_mode",
         "models_endpoint",
         "extra_variables",
@@ -85,6 +86,8 @@ class Provider:
     optional_variables: frozenset[str] = frozenset()
     create_chat: Step | None = None
     refresh: Step | None = None  # trades a refresh token for a new credential
+    # Payload fields that name the reply a turn answers: set, the upstream chat is continued.
+    parent_fields: tuple[str, ...] = ()
     message_mode: str = "single"
     models_endpoint: dict | None = field(default=None, hash=False, compare=False)
 
@@ -111,6 +114,7 @@ class Provider:
             optional_variables=frozenset(_str_tuple(folder, metadata, "optional_variables")),
             create_chat=_step(folder, metadata, "create_chat", parse_create_chat),
             refresh=_step(folder, metadata, "refresh_credential", parse_refresh),
+            parent_fields=_parent_fields(folder, metadata.get("continuation")),
             message_mode=_message_mode(folder, metadata),
             models_endpoint=_models_endpoint(folder, metadata.get("models_endpoint")),
         )
@@ -373,6 +377,20 @@ def _str_tuple(folder: Path, metadata: dict, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ProviderError(f"{folder / METADATA_FILE}: key {key!r} must be a list of non-empty strings")
     return tuple(value)
+
+
+def _parent_fields(folder: Path, spec: Any) -> tuple[str, ...]:
+    """``continuation``: ``{"parent_fields": [...]}``, the payload keys (top level and in the
+    message) that name the previous reply; a folder without it always sends the whole history."""
+    if spec is None:
+        return ()
+    source = f"{folder / METADATA_FILE}: continuation"
+    fields = spec.get("parent_fields") if isinstance(spec, dict) else None
+    if set(spec if isinstance(spec, dict) else ()) - {"parent_fields"} or not fields:
+        raise ProviderError(f'{source} must be {{"parent_fields": ["parent_id", ...]}}')
+    if not isinstance(fields, list) or not all(isinstance(f, str) and f for f in fields):
+        raise ProviderError(f"{source}: 'parent_fields' must be a list of payload keys")
+    return tuple(fields)
 
 
 def _step(folder: Path, metadata: dict, key: str, parse: Callable[[Any], Step | None]) -> Step | None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accounts import AccountBook
+from conversations import ConversationBook
 from drift import DriftLogs
 from model_catalog import ModelCatalog
 from pipeline import fetch_model_ids
@@ -36,6 +37,8 @@ class RequestScope:
     drift: DriftLogs
     accounts: AccountBook
     request_id: str = ""
+    conversations: ConversationBook | None = None
+    continuation: bool = False  # CONTINUATION=on
 
 
 class Services:
@@ -44,6 +47,8 @@ class Services:
     def __init__(self, config: dict, store: Store | None = None) -> None:
         self.store = store or open_store(config["STATE_URL"], config["STATE_SECRET"], DEFAULT_STATE_FILE)
         self.accounts = AccountBook(self.store, config)
+        self.conversations = ConversationBook(self.store, config["CONVERSATION_TTL_SECONDS"])
+        self.continuation = config["CONTINUATION"] == "on"
         self.providers_dir = Path(config["PROVIDERS_DIR"] or default_providers_dir())
         self.env = EnvFile(config["ENV_FILE"])
         self.upstream = UpstreamClient(config["POOL_SIZE"], config["UPSTREAM_TIMEOUT"])
@@ -62,7 +67,16 @@ class Services:
         file_values = self.env.values()
         redact = self._redactor_for(registry, file_values)
         return RequestScope(
-            registry, file_values, redact, self.upstream, self.models, self.drift, self.accounts, request_id
+            registry,
+            file_values,
+            redact,
+            self.upstream,
+            self.models,
+            self.drift,
+            self.accounts,
+            request_id,
+            self.conversations,
+            self.continuation,
         )
 
     def current(self) -> Registry:

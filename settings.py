@@ -58,6 +58,10 @@ DEFAULTS = {
     # sqlite:///relative/path, sqlite:////absolute/path, or redis://host:port/db to share it between hosts.
     "STATE_URL": "",
     "STATE_SECRET": "",  # the key tokens are encrypted with at rest; generated beside the SQLite file when empty
+    # Continue the upstream chat a request's history extends (folders that declare how), sending
+    # only the new turns; "off" sends the whole history to a fresh chat every time.
+    "CONTINUATION": "on",
+    "CONVERSATION_TTL_SECONDS": 86400.0,
 }
 ENV_TYPES = {
     "PORT": int,
@@ -78,6 +82,7 @@ ENV_TYPES = {
     "ACCOUNT_WAIT_SECONDS": float,
     "BROWSER_CHECK_COOLDOWN_SECONDS": float,
     "RATE_LIMIT_COOLDOWN_SECONDS": float,
+    "CONVERSATION_TTL_SECONDS": float,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_FILE_NAME = ".env"
@@ -203,6 +208,10 @@ def _check(settings: Mapping[str, Any]) -> None:
     for name in waits:
         if not math.isfinite(settings[name]) or settings[name] < 0:
             raise SystemExit(f"{name} must be a number of seconds, 0 or more")
+    if settings["CONTINUATION"] not in ("on", "off"):
+        raise SystemExit("CONTINUATION must be on or off")
+    if not math.isfinite(settings["CONVERSATION_TTL_SECONDS"]) or settings["CONVERSATION_TTL_SECONDS"] <= 0:
+        raise SystemExit("CONVERSATION_TTL_SECONDS must be a number of seconds, more than 0")
     if settings["ACCOUNT_CONCURRENCY"] < 0:
         raise SystemExit("ACCOUNT_CONCURRENCY must be 0 (no limit) or more")
     if settings["REASONING_FORMAT"] not in REASONING_FORMATS:

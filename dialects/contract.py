@@ -26,6 +26,8 @@ class UpstreamCall:
     chat_id: str = ""
     now: float = 0.0
     history: bool = False  # send every message (True) or fold them into one (False)
+    parent_id: str = ""  # the reply this turn answers, in a continued chat
+    parent_fields: tuple[str, ...] = ()  # the payload keys that name it
 
     @property
     def model(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from converters import (
+    CHAT_GONE,
     ApiError,
     ChatRequest,
     Delta,
@@ -41,6 +42,7 @@ RATE_LIMIT_CODES = frozenset({"ratelimited", "parallellimited", "quotalimited", 
 BROWSER_CHECK_MARKERS = ("FAIL_SYS_USER_VALIDATE", "aliyun_waf", "_____tmd_____/punish")
 UNNAMED_CREDENTIAL = "the provider's credential"
 AUTH_CODES = frozenset({"unauthorized", "token_expired", "invalid_token"})
+CHAT_GONE_CODES = frozenset({"chat_not_found", "parent_not_found", "not_found"})
 # What an ordinary stream holds; anything else is counted as drift (see drift.py).
 KNOWN_FRAME_KEYS = frozenset({"choices", "response_id", "usage", "timestamp"})
 KNOWN_DELTA_KEYS = frozenset({"role", "content", "phase", "status", "extra", "function_call", "function_id", "name"})
@@ -84,6 +86,9 @@ def build_request(template: dict, chat_request: ChatRequest, call: UpstreamCall)
     """Qwen's v2 body for a chat request, in one-message or whole-history mode."""
     notes: QwenNotes = call.plan.notes
     payload = build_qwen_payload(template, call.model, notes.prompt, notes.thinking, call.chat_id, call.now)
+    if call.parent_id:  # a continued chat: the turn answers the reply it names
+        for node in (payload, *payload["messages"][:1]):
+            node.update({key: call.parent_id for key in call.parent_fields if key in node})
     if call.history:
         template_message = payload["messages"][0]
         payload["messages"] = build_history_messages(
@@ -334,7 +339,7 @@ def _in_stream_error(error: Any, credential: str) -> ApiError:
         code = str(error.get("code") or "error")
         details = str(error.get("details") or error.get("message") or "")
         mapped = error_from_envelope({"data": {**error, "code": code, "details": details}}, credential)
-        if mapped.code != "upstream_error":
+        if mapped.code not in ("upstream_error", CHAT_GONE):  # mid-stream, a lost chat is only an error
             return mapped
         return upstream_error(f"The upstream reported an error: {code}: {details}"[:ERROR_BODY_LIMIT])
     return upstream_error(f"The upstream reported an error: {str(error)[:ERROR_BODY_LIMIT]}")
@@ -386,6 +391,9 @@ def error_from_envelope(data: dict, credential: str = UNNAMED_CREDENTIAL, retry_
         return _rate_limit_error(code, details, inner.get("num"), retry_after)
     if lowered in AUTH_CODES or "token" in details.lower() and "expired" in details.lower():
         return credential_error(credential, details or code)
+    if lowered in CHAT_GONE_CODES or "in progress" in details.lower():
+        # The chat a continued turn named cannot take it: the pipeline starts a fresh one.
+        return upstream_error(f"The upstream refused the request: {code}: {details}", code=CHAT_GONE)
     return upstream_error(f"The upstream refused the request: {code}: {details}".rstrip(": "))
 
 

@@ -32,7 +32,7 @@ LAYERS = [
     },  # pure
     # folders, settings, transport, state
     {"settings", "provider_loader", "provider_steps", "upstream", "upstream_requests", "model_catalog", "state"},
-    {"accounts", "refresh", "pipeline", "routing", "services"},  # one request's work
+    {"accounts", "conversations", "refresh", "pipeline", "routing", "services"},  # one request's work
     {"fronts"},  # the client APIs
     {"app", "probe"},  # the app and its commands
 ]

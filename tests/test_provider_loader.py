@@ -784,3 +784,21 @@ def test_every_request_value_placeholder_is_known_and_the_shipped_folders_load()
     registry = load_providers(default_providers_dir())
     assert registry.errors == {}
     assert sorted(registry.providers) == ["openai", "qwen"]
+
+
+def test_from_dir_reads_the_continuation_fields(tmp_path):
+    metadata = {**GOOD_METADATA, "continuation": {"parent_fields": ["parent_id", "parentId"]}}
+    assert Provider.from_dir(write_provider(tmp_path / "p", metadata=metadata)).parent_fields == (
+        "parent_id",
+        "parentId",
+    )
+    assert Provider.from_dir(write_provider(tmp_path / "q")).parent_fields == ()
+
+
+@pytest.mark.parametrize(
+    "spec", [True, {}, {"parent_fields": []}, {"parent_fields": [1]}, {"parent_fields": ["a"], "x": 1}]
+)
+def test_a_broken_continuation_names_its_key(tmp_path, spec):
+    folder = write_provider(tmp_path / "p", metadata={**GOOD_METADATA, "continuation": spec})
+    with pytest.raises(ProviderError, match="continuation"):
+        Provider.from_dir(folder)
