@@ -38,6 +38,8 @@ class ReplyRecord:
     filled in as it runs."""
 
     continuation: Continuation | None = None
+    chat_lost: bool = False  # the upstream refused the continued chat: it is not given back
+    remembered: bool = False
     account_id: str = ""
     chat_id: str = ""
     response_id: str = ""
@@ -110,6 +112,12 @@ class ConversationBook:
             return None
         return Continuation(record["account_id"], record["chat_id"], record["response_id"], count)
 
+    def give_back(self, provider: str, chat_request: ChatRequest, taken: Continuation) -> None:
+        """Remember again a conversation taken by a turn that did not complete."""
+        known = chat_request.messages[: len(chat_request.messages) - taken.new_turns]
+        record = {"account_id": taken.account_id, "chat_id": taken.chat_id, "response_id": taken.parent_id}
+        self.store.put(conversation_key(provider, chat_request, known), record, self.ttl)
+
     def remember(self, provider: str, chat_request: ChatRequest, reply: Message, where: ReplyRecord) -> None:
         if not (where.chat_id and where.response_id):
             return  # nothing to continue: the upstream named no chat or no reply
@@ -134,5 +142,6 @@ def _arguments(arguments: str) -> object:
 
 
 def _tools_of(chat_request: ChatRequest) -> str:
-    shown = json.dumps([chat_request.tools, chat_request.tool_choice], sort_keys=True, default=repr)
+    # The tools offered, not tool_choice: agents switch between "required" and "auto" mid-conversation.
+    shown = json.dumps(list(chat_request.tools), sort_keys=True, default=repr)
     return hashlib.sha256(shown.encode()).hexdigest()

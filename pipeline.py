@@ -126,6 +126,8 @@ def start_watched_reply(
 
         native = DIALECTS[provider.dialect].native_tools
         deltas = iter_remembering(iter_reply_with_tools(open_attempt, chat_request, native), remember)
+        if turn.continuation:
+            deltas = _restoring(scope, provider, chat_request, turn, turn.continuation, deltas)
         return iter_reasoning_format(deltas, reasoning_format)
 
     deltas = iter_watched(PacedReply(produce), watch)
@@ -159,7 +161,7 @@ def open_reply(
         except ApiError as exc:
             scope.accounts.release(lease)
             if exc.code == CHAT_GONE and turn and turn.continuation:
-                turn.continuation = None  # the upstream lost that chat: the whole history, unseen
+                turn.continuation, turn.chat_lost = None, True  # the upstream lost that chat: the whole history, unseen
                 continue
             if exc.code == CHAT_GONE:  # refused for a fresh chat: no chat to give up, a plain refusal
                 exc = upstream_error(exc.message, status=exc.status, headers=exc.headers)
@@ -191,6 +193,19 @@ def _take_continuation(scope: RequestScope, provider: Provider, chat_request: Ch
         return None
 
 
+def _restoring(
+    scope: RequestScope, provider: Provider, chat_request: ChatRequest, turn: ReplyRecord, taken: Any, deltas: Any
+) -> Iterator[Delta]:
+    """A continued turn that fails before its reply is whole (an error, the client leaving) gives
+    the remembered conversation back, so the client's retry still continues it."""
+    try:
+        yield from deltas
+    finally:
+        if not turn.remembered and not turn.chat_lost:
+            with contextlib.suppress(StateError):
+                scope.conversations.give_back(provider.name, chat_request, taken)
+
+
 def _remember(
     scope: RequestScope, provider: Provider, chat_request: ChatRequest, reply: Message, turn: ReplyRecord
 ) -> None:
@@ -198,6 +213,7 @@ def _remember(
         return
     try:
         scope.conversations.remember(provider.name, chat_request, reply, turn)
+        turn.remembered = True
     except StateError as exc:
         log.warning("%s conversation not remembered (the state store failed: %s)", scope.request_id, exc)
 
@@ -283,8 +299,9 @@ def fresh_account(scope: RequestScope, account: Account) -> Account:
 def _first_of(exchange: Exchange) -> tuple[list[Delta], Iterator[Delta]]:
     """Steps, completion, and its deltas up to the first that says something."""
     run_steps(exchange)
-    if exchange.turn is not None:
+    if exchange.turn is not None:  # this attempt's chat and (below) its reply, not an earlier try's
         exchange.turn.account_id, exchange.turn.chat_id = exchange.account.id, exchange.chat_id
+        exchange.turn.response_id = ""
     deltas = completion(exchange)
     leading: list[Delta] = []
     try:
@@ -310,6 +327,8 @@ def _relay(
     except ApiError as exc:
         with contextlib.suppress(StateError):  # the reply's own error matters more
             scope.accounts.judge(lease.account, exc, after_first_byte=True)
+        if exc.code == CHAT_GONE:  # after the first byte there is nothing to fall back to
+            raise upstream_error(exc.message) from None
         raise
     finally:
         rest.close()

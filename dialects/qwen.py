@@ -339,7 +339,7 @@ def _in_stream_error(error: Any, credential: str) -> ApiError:
         code = str(error.get("code") or "error")
         details = str(error.get("details") or error.get("message") or "")
         mapped = error_from_envelope({"data": {**error, "code": code, "details": details}}, credential)
-        if mapped.code not in ("upstream_error", CHAT_GONE):  # mid-stream, a lost chat is only an error
+        if mapped.code != "upstream_error":  # a lost chat (CHAT_GONE) too: before the first byte it falls back
             return mapped
         return upstream_error(f"The upstream reported an error: {code}: {details}"[:ERROR_BODY_LIMIT])
     return upstream_error(f"The upstream reported an error: {str(error)[:ERROR_BODY_LIMIT]}")

@@ -132,3 +132,66 @@ def test_two_workers_share_the_remembered_conversations(providers_dir, fake_qwen
         stop(process)
     assert chats_opened(fake_qwen) == 1
     assert all(body["parent_id"] == RESPONSE_ID for body in completions(fake_qwen)[1:])
+
+
+def replies_with_ids(fake_qwen, answer):
+    """Each completion answers with its own response id (r1, r2, ...); ``answer(body)`` gives the text."""
+    from tests.fake_qwen import Reply, frame
+
+    def delta(text: str, status: str, rid: str) -> bytes:
+        return frame(
+            {"choices": [{"delta": {"content": text, "phase": "answer", "status": status}}], "response_id": rid}
+        )
+
+    def respond(body: dict):
+        rid = f"r{len(completions(fake_qwen))}"
+        created = frame({"response.created": {"chat_id": CHAT_ID, "response_id": rid}})
+        return Reply(chunks=[created, delta(answer(body), "typing", rid), delta("", "finished", rid)])
+
+    fake_qwen.responder = respond
+
+
+def test_after_a_retried_required_call_the_next_turn_names_the_reply_that_answered(sdk, fake_qwen):
+    call = '[TOOL CALL]\n{"name": "get_time", "arguments": {}}\n[END TOOL CALL]'
+    tries = []
+
+    def answer(body):
+        tries.append(1)
+        return "no call" if len(tries) == 1 else call if len(tries) == 2 else "It is noon."
+
+    replies_with_ids(fake_qwen, answer)
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    history = [{"role": "user", "content": "Time?"}]
+    first = sdk.chat.completions.create(model="qwen3-max", messages=history, tools=tools, tool_choice="required")
+    tool_call = first.choices[0].message.tool_calls[0]
+    history += [
+        {"role": "assistant", "content": None, "tool_calls": [tool_call.model_dump()]},
+        {"role": "tool", "tool_call_id": tool_call.id, "content": "12:00"},
+    ]
+    sdk.chat.completions.create(model="qwen3-max", messages=history, tools=tools)
+    assert completions(fake_qwen)[2]["parent_id"] == "r2"  # the second try answered, not the first
+
+
+def test_an_error_frame_for_a_lost_chat_falls_back_unseen(sdk, fake_qwen):
+    history = talk(sdk, [SYSTEM], "question 0")
+    from tests.fake_qwen import Reply, frame
+
+    def respond(body: dict):
+        if body.get("parent_id"):
+            return Reply(chunks=[frame({"error": {"code": "Not_Found", "details": "Chat not found"}})])
+        return sse_reply(answer_frames(["fresh"]))
+
+    fake_qwen.responder = respond
+    reply = sdk.chat.completions.create(model="qwen3-max", messages=[*history, {"role": "user", "content": "q1"}])
+    assert reply.choices[0].message.content == "fresh" and chats_opened(fake_qwen) == 2
+
+
+def test_a_continued_turn_that_fails_is_continued_again_when_retried(sdk, fake_qwen):
+    history = [*talk(sdk, [SYSTEM], "question 0"), {"role": "user", "content": "q1"}]
+    fake_qwen.reply = json_reply({"success": False, "data": {"code": "Bad_Request", "details": "Internal error"}})
+    with pytest.raises(openai.APIStatusError):
+        sdk.chat.completions.create(model="qwen3-max", messages=history)
+    fake_qwen.reply = sse_reply(answer_frames(["ok"]))
+    assert sdk.chat.completions.create(model="qwen3-max", messages=history).choices[0].message.content == "ok"
+    assert [body["parent_id"] for body in completions(fake_qwen)[1:]] == [RESPONSE_ID, RESPONSE_ID]
+    assert chats_opened(fake_qwen) == 1
