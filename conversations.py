@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from converters import ChatRequest, ContentPart, Delta, Message, ToolCall
+from converters import ChatRequest, ContentPart, Delta, Message, ToolCall, joined_tool_calls, merge_tool_calls
 from state import Store
 
 NEW_TURN_ROLES = frozenset({"user", "tool"})
@@ -57,14 +57,9 @@ def iter_remembering(deltas: Iterable[Delta], on_reply: Callable[[Message], None
     calls: dict[int, dict] = {}
     for delta in deltas:
         content.append(delta.content)
-        for fragment in delta.tool_calls or ():
-            call = calls.setdefault(fragment.get("index", 0), {"id": "", "name": "", "arguments": ""})
-            function = fragment.get("function") or {}
-            call["id"] = fragment.get("id") or call["id"]
-            call["name"] += function.get("name") or ""
-            call["arguments"] += function.get("arguments") or ""
+        merge_tool_calls(calls, delta.tool_calls or [])
         if delta.usage is not None:
-            on_reply(_reply_message("".join(content), [calls[i] for i in sorted(calls)]))
+            on_reply(_reply_message("".join(content), joined_tool_calls(calls)))
         yield delta
 
 
@@ -90,7 +85,7 @@ def new_turns(messages: tuple[Message, ...]) -> int:
 
 def _reply_message(content: str, calls: list[dict]) -> Message:
     parts = (ContentPart("text", content),) if content else ()
-    tool_calls = tuple(ToolCall(call["id"], call["name"], call["arguments"]) for call in calls)
+    tool_calls = tuple(ToolCall(call["id"], call["function"]["name"], call["function"]["arguments"]) for call in calls)
     return Message("assistant", parts, tool_calls=tool_calls)
 
 

@@ -238,6 +238,45 @@ def dig(data: Any, dotted: str) -> Any:
     return data
 
 
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests (a scalar is 0), without recursing."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            todo.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            todo.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def merge_tool_calls(calls: dict[int, dict], deltas: list) -> None:
+    """Gather streamed tool-call fragments by index, as the OpenAI SDK's accumulator does; the
+    pieces are kept in lists and joined once (adding strings up is quadratic in a long call)."""
+    for fragment in deltas:
+        if not isinstance(fragment, dict):
+            continue
+        call = calls.setdefault(
+            as_int(fragment.get("index")), {"id": "", "type": "function", "function": {"name": [], "arguments": []}}
+        )
+        call["id"] = as_str(fragment.get("id")) or call["id"]
+        call["type"] = as_str(fragment.get("type")) or call["type"]
+        function = as_dict(fragment.get("function"))
+        call["function"]["name"].append(as_str(function.get("name")))
+        call["function"]["arguments"].append(as_str(function.get("arguments")))
+
+
+def joined_tool_calls(calls: dict[int, dict]) -> list[dict]:
+    """The gathered calls in index order, each with its name and arguments joined."""
+    return [_joined(calls[index]) for index in sorted(calls)]
+
+
+def _joined(call: dict) -> dict:
+    function = call["function"]
+    return {**call, "function": {"name": "".join(function["name"]), "arguments": "".join(function["arguments"])}}
+
+
 def as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 

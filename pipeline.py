@@ -182,9 +182,14 @@ def open_reply(
         return _relay(scope, lease, first, rest, turn)
 
 
+def _continues(scope: RequestScope, provider: Provider) -> bool:
+    """CONTINUATION is on and the folder says how to continue its chats (one message a turn)."""
+    return scope.continuation and bool(provider.parent_fields) and provider.message_mode == "single"
+
+
 def _take_continuation(scope: RequestScope, provider: Provider, chat_request: ChatRequest) -> Any:
     """The remembered chat this request extends, when the folder says how to continue one."""
-    if not (scope.continuation and provider.parent_fields and provider.message_mode == "single"):
+    if not _continues(scope, provider):
         return None
     try:
         return scope.conversations.take(provider.name, chat_request)
@@ -209,7 +214,7 @@ def _restoring(
 def _remember(
     scope: RequestScope, provider: Provider, chat_request: ChatRequest, reply: Message, turn: ReplyRecord
 ) -> None:
-    if not (scope.continuation and provider.parent_fields and provider.message_mode == "single"):
+    if not _continues(scope, provider):
         return
     try:
         scope.conversations.remember(provider.name, chat_request, reply, turn)

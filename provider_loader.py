@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from converters import dig
+from converters import dig, json_depth
 from dialects import DIALECTS
 from placeholders import ENV_NAME, PLACEHOLDER, REQUEST_VALUES, env_names_in, iter_strings
 from provider_steps import Step, StepError, parse_create_chat, parse_refresh
@@ -289,19 +289,6 @@ def _read_json(folder: Path, name: str) -> dict:
         # Filling and copying walk the template recursively: refuse it here, not in a request.
         raise ProviderError(f"{folder / name}: nested deeper than {MAX_JSON_DEPTH} levels")
     return value
-
-
-def json_depth(value: Any) -> int:
-    """How deeply a JSON value nests (a scalar is 0), without recursing."""
-    deepest, todo = 0, [(value, 0)]
-    while todo:
-        item, depth = todo.pop()
-        deepest = max(deepest, depth)
-        if isinstance(item, dict):
-            todo.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            todo.extend((child, depth + 1) for child in item)
-    return deepest
 
 
 def _check_keys(path: Path, data: dict, known: frozenset[str]) -> None:

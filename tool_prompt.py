@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from converters import ApiError, copy_json
+from converters import ApiError, copy_json, json_depth
 from tool_parser import CALL_END, CALL_START
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -166,21 +166,10 @@ def _tool_parameters(body: dict, where: str) -> dict:
             f'{where}.parameters must be a JSON Schema object ({{"type": "object", ...}}), not {_shown(parameters)}.',
             f"{where}.parameters",
         )
-    if _depth(parameters) > MAX_SCHEMA_DEPTH:
+    if json_depth(parameters) > MAX_SCHEMA_DEPTH:
         # Copying and summarising walk the schema recursively: refuse it here, not with a 500.
         raise _invalid_tool(f"{where}.parameters nests deeper than {MAX_SCHEMA_DEPTH} levels.", f"{where}.parameters")
     return copy_json(parameters)
-
-
-def _depth(value: Any) -> int:
-    """How deeply a JSON value nests, without recursing."""
-    deepest, todo = 0, [(value, 0)]
-    while todo:
-        item, depth = todo.pop()
-        deepest = max(deepest, depth)
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        todo.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def _invalid_tool(message: str, param: str) -> ApiError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from flask import Response, jsonify
 
-from converters import ApiError, Delta, as_dict, as_int, as_str, empty_usage
+from converters import ApiError, Delta, empty_usage, joined_tool_calls, merge_tool_calls
 from redaction import Redactor, printable
 from streaming import DONE, format_sse, iter_sse_bytes
 
@@ -142,7 +142,7 @@ def completion_from_deltas(deltas: Iterable[Delta], meta: CompletionMeta) -> dic
     if any(reasoning):
         message["reasoning_content"] = "".join(reasoning)
     if tool_calls:
-        message["tool_calls"] = [_joined(tool_calls[index]) for index in sorted(tool_calls)]
+        message["tool_calls"] = joined_tool_calls(tool_calls)
         message["content"] = message["content"] or None
     return {
         "id": meta.id,
@@ -153,24 +153,3 @@ def completion_from_deltas(deltas: Iterable[Delta], meta: CompletionMeta) -> dic
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage or empty_usage(),
     }
-
-
-def merge_tool_calls(calls: dict[int, dict], deltas: list) -> None:
-    """Gather streamed tool-call fragments by index, as the OpenAI SDK's accumulator does; the
-    pieces are kept in lists and joined once (adding strings up is quadratic in a long call)."""
-    for fragment in deltas:
-        if not isinstance(fragment, dict):
-            continue
-        call = calls.setdefault(
-            as_int(fragment.get("index")), {"id": "", "type": "function", "function": {"name": [], "arguments": []}}
-        )
-        call["id"] = as_str(fragment.get("id")) or call["id"]
-        call["type"] = as_str(fragment.get("type")) or call["type"]
-        function = as_dict(fragment.get("function"))
-        call["function"]["name"].append(as_str(function.get("name")))
-        call["function"]["arguments"].append(as_str(function.get("arguments")))
-
-
-def _joined(call: dict) -> dict:
-    function = call["function"]
-    return {**call, "function": {"name": "".join(function["name"]), "arguments": "".join(function["arguments"])}}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters import json_depth
 from dialects import DIALECTS
 from dialects.contract import ImportHints
 from importer.capture import Capture, parse_curl, parse_har
@@ -28,7 +29,6 @@ from provider_loader import (
     PAYLOAD_FILE,
     ProviderError,
     is_plain_name,
-    json_depth,
     variable_prefix,
 )
 from redaction import SECRET_HEADER
