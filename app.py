@@ -27,10 +27,17 @@ from services import DEFAULT_STATE_FILE, Services
 from settings import load_settings, split_list
 from state import StateError, open_store
 
+ENDPOINTS = (
+    "POST /v1/chat/completions",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
+    "POST /v1/responses",
+    "GET /v1/models",
+)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Past this, an oversized body is not read to its end: the connection is closed instead.
 DRAIN_LIMIT = 64 * 1024 * 1024
-CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, anthropic-beta"
 
 log = logging.getLogger("reverse_api")
 
@@ -50,6 +57,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["reverse_api"] = Services(app.config)
     _register_hooks(app)
     app.add_url_rule("/health", view_func=health, methods=["GET"])
+    app.add_url_rule("/", view_func=index, methods=["GET"])  # HEAD too: clients probe it before starting
     for front in fronts.FRONTS:
         front.register(app)
     return app
@@ -171,14 +179,25 @@ def _check_api_key() -> None:
     keys = current_app.config["API_KEYS"]
     if not keys or not request.path.startswith("/v1/"):
         return
-    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-    supplied_bytes = supplied.strip().encode()
-    # Compare with every key, in constant time, so timing tells nothing about which came close.
-    matches = [hmac.compare_digest(supplied_bytes, key.encode()) for key in keys]
-    if scheme.lower() != "bearer" or not any(matches):
+    if not _supplied_key_matches(keys):
         raise ApiError(
-            "Invalid or missing API key: send it as 'Authorization: Bearer <key>'.", status=401, code="invalid_api_key"
+            "Invalid or missing API key: send it as 'Authorization: Bearer <key>'"
+            + (" or as 'x-api-key: <key>'." if fronts.front_for(request.path).ACCEPTS_X_API_KEY else "."),
+            status=401,
+            code="invalid_api_key",
         )
+
+
+def _supplied_key_matches(keys: tuple[str, ...]) -> bool:
+    """The key as OpenAI clients send it (``Authorization: Bearer``), or where the front takes it,
+    as Anthropic's do (``x-api-key``)."""
+    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+    supplied = [bearer.strip()] if scheme.lower() == "bearer" else []
+    if "x-api-key" in request.headers and fronts.front_for(request.path).ACCEPTS_X_API_KEY:
+        supplied.append(request.headers["x-api-key"].strip())
+    # Compare with every key, in constant time, so timing tells nothing about which came close.
+    matches = [hmac.compare_digest(value.encode(), key.encode()) for value in supplied for key in keys]
+    return any(matches)
 
 
 def _add_cors_headers(response: Response) -> Response:
@@ -212,7 +231,7 @@ def _render_http_exception(error: HTTPException) -> Response:
     if status == 404:
         message = (
             f"Unknown route {request.method} {request.path}. "
-            "This service serves /v1/chat/completions, /v1/models and /health."
+            "This service serves /v1/chat/completions, /v1/messages, /v1/responses, /v1/models and /health."
         )
     elif status == 405:
         message = f"Method {request.method} is not allowed for {request.path}."
@@ -228,6 +247,14 @@ def _render_unexpected(error: Exception) -> Response:
     log.exception("%s unexpected error", g.get("request_id"))
     message = f"Internal server error (request {g.get('request_id')})."
     return render_api_error(ApiError(message, status=500, type="server_error", code="internal_error"))
+
+
+# --- the root and health ---
+
+
+def index() -> Response:
+    """What clients probe before they start, and where a person finds the routes."""
+    return jsonify({"service": "reverse-api", "status": "ok", "endpoints": ENDPOINTS, "health": "/health"})
 
 
 # --- health --------------------------------------------------------------------------------

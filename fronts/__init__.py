@@ -11,7 +11,7 @@ from typing import Protocol
 from flask import Flask, Response
 
 from converters import ApiError
-from fronts import openai_chat
+from fronts import anthropic_messages, openai_chat, openai_responses
 from redaction import Redactor
 
 
@@ -24,9 +24,11 @@ class Front(Protocol):
 
     def error_response(self, error: ApiError, redact: Redactor) -> Response: ...
 
+    ACCEPTS_X_API_KEY: bool  # does its clients' SDK send the key as x-api-key (Anthropic's)?
+
 
 # The OpenAI front owns every path, so it comes last: it is the default error shape.
-FRONTS: tuple[Front, ...] = (openai_chat,)
+FRONTS: tuple[Front, ...] = (anthropic_messages, openai_responses, openai_chat)
 
 
 def front_for(path: str) -> Front:

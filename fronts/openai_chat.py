@@ -30,6 +30,8 @@ ROLE_ALIASES = {"developer": "system", "function": "tool"}
 
 __all__ = ["error_response", "owns", "parse_chat_request", "register"]
 
+ACCEPTS_X_API_KEY = False  # the key comes as Authorization: Bearer
+
 
 def register(app: Flask) -> None:
     app.add_url_rule("/v1/models", view_func=list_models, methods=["GET"])

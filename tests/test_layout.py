@@ -29,6 +29,7 @@ LAYERS = [
         "tool_prompt",
         "tool_emulation",
         "tool_parser",
+        "reply_blocks",
     },  # pure
     # folders, settings, transport, state
     {"settings", "provider_loader", "provider_steps", "upstream", "upstream_requests", "model_catalog", "state"},
