@@ -130,6 +130,11 @@ def format_sse(obj: dict) -> bytes:
     return b"data: " + text.encode("utf-8", errors="backslashreplace") + b"\n\n"
 
 
+def format_event(name: str, obj: dict) -> bytes:
+    """One named event (``event:`` then ``data:``), as the Anthropic and Responses streams are written."""
+    return b"event: " + name.encode() + b"\n" + format_sse(obj)
+
+
 def iter_sse_bytes(objects: Iterable[dict | None]) -> Iterator[bytes]:
     """Frame each object as an SSE event (``None`` as a keep-alive comment), then ``[DONE]``."""
     for obj in objects:
