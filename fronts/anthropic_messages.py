@@ -21,7 +21,7 @@ from fronts.anthropic_render import (
     message_from_events,
     stream_response,
 )
-from fronts.http import client_gone_check, json_body, request_scope, set_write_timeout
+from fronts.http import client_gone_check, json_body, optional_field, request_scope, set_write_timeout
 from keepalive import Watch
 from pipeline import start_watched_reply
 from reply_blocks import iter_blocks, iter_until_stop_sequence
@@ -101,9 +101,9 @@ def parse_messages_request(body: Any, needs_max_tokens: bool = True) -> ChatRequ
     return ChatRequest(
         model=model,
         messages=(*_system_messages(body.get("system")), *_conversation(messages)),
-        stream=_optional(body, "stream", bool, False),
+        stream=optional_field(body, "stream", bool, False),
         reasoning_effort=_thinking_effort(body.get("thinking")),
-        provider=_optional(body, "provider", str, None),
+        provider=optional_field(body, "provider", str, None),
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
@@ -236,12 +236,3 @@ def _stop_sequences(body: dict) -> tuple[str, ...]:
     if not isinstance(sequences, list) or not all(isinstance(s, str) for s in sequences):
         raise ApiError("stop_sequences: must be an array of strings.", param="stop_sequences")
     return tuple(sequences)
-
-
-def _optional(body: dict, key: str, kind: type, default: Any) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise ApiError(f"{key}: must be of type {kind.__name__}.", param=key)
-    return value

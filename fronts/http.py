@@ -121,3 +121,13 @@ def json_body() -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise ApiError("The request body is not valid JSON.", code="invalid_json") from None
+
+
+def optional_field(body: dict, key: str, kind: type, default: Any) -> Any:
+    """A body field that may be absent or null (then ``default``), else of type ``kind`` (else 400)."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ApiError(f"'{key}' must be of type {kind.__name__}.", param=key)
+    return value

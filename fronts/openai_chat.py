@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 from converters import MAX_REPLY_BYTES, ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_bounded
-from fronts.http import client_gone_check, json_body, request_scope, services, set_write_timeout
+from fronts.http import client_gone_check, json_body, optional_field, request_scope, services, set_write_timeout
 from fronts.openai_render import (
     CompletionMeta,
     completion_from_deltas,
@@ -105,13 +105,13 @@ def parse_chat_request(body: Any) -> ChatRequest:
     return ChatRequest(
         model=model,
         messages=tuple(_message(message) for message in messages),
-        stream=_optional(body, "stream", bool, False),
+        stream=optional_field(body, "stream", bool, False),
         include_usage=_include_usage(body),
-        reasoning_effort=_optional(body, "reasoning_effort", str, None),
-        provider=_optional(body, "provider", str, None),
+        reasoning_effort=optional_field(body, "reasoning_effort", str, None),
+        provider=optional_field(body, "provider", str, None),
         tools=tools,
         tool_choice=tool_choice,
-        parallel_tool_calls=_optional(body, "parallel_tool_calls", bool, True),
+        parallel_tool_calls=optional_field(body, "parallel_tool_calls", bool, True),
         passthrough=body,
     )
 
@@ -193,17 +193,8 @@ def _reference(value: Any) -> str:
     return str(value) if value else ""
 
 
-def _optional(body: dict, key: str, kind: type, default: Any) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise ApiError(f"'{key}' must be of type {kind.__name__}.", param=key)
-    return value
-
-
 def _include_usage(body: dict) -> bool:
-    options = _optional(body, "stream_options", dict, {})
+    options = optional_field(body, "stream_options", dict, {})
     value = options.get("include_usage")
     if value is not None and not isinstance(value, bool):
         raise ApiError("'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage")
