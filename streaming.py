@@ -6,10 +6,15 @@ Decoding follows the WHATWG event-stream rules and is independent of how bytes a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from converters import ApiError
+from redaction import Redactor, printable
+
 DONE = b"data: [DONE]\n\n"
+log = logging.getLogger("reverse_api")
 KEEP_ALIVE = b": keep-alive\n\n"
 MAX_LINE_BYTES = 16 * 1024 * 1024
 # One event's data, all its lines together: an upstream that never sends a blank line must not
@@ -133,6 +138,32 @@ def format_sse(obj: dict) -> bytes:
 def format_event(name: str, obj: dict) -> bytes:
     """One named event (``event:`` then ``data:``), as the Anthropic and Responses streams are written."""
     return b"event: " + name.encode() + b"\n" + format_sse(obj)
+
+
+def iter_guarded(
+    frames: Iterable[bytes],
+    render_error: Callable[[ApiError], bytes],
+    stream_id: str,
+    redact: Redactor,
+    close: Callable[[], None],
+) -> Iterator[bytes]:
+    """A stream's bytes as they come; an error after the first byte ends it the way its front's
+    clients read one (``render_error``), a bug as a 500 that tells nothing; ``close`` runs last."""
+    try:
+        yield from frames
+    except ApiError as exc:
+        # Upstream text: one log line, whatever it holds.
+        log.warning("stream %s ended with an error: %s", stream_id, printable(redact(exc.message)))
+        yield render_error(exc)
+    except Exception:  # a bug must still end the stream the way clients understand
+        log.exception("stream %s failed", stream_id)
+        yield render_error(internal_stream_error(stream_id))
+    finally:
+        close()
+
+
+def internal_stream_error(stream_id: str) -> ApiError:
+    return ApiError(f"Internal error in stream {stream_id}.", status=500, type="server_error", code="internal_error")
 
 
 def iter_sse_bytes(objects: Iterable[dict | None]) -> Iterator[bytes]:

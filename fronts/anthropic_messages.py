@@ -19,9 +19,8 @@ from fronts.anthropic_render import (
     estimate_tokens,
     iter_stream_body,
     message_from_events,
-    stream_response,
 )
-from fronts.http import client_gone_check, json_body, optional_field, request_scope, set_write_timeout
+from fronts.http import client_gone_check, json_body, optional_field, request_scope, set_write_timeout, stream_response
 from keepalive import Watch
 from pipeline import start_watched_reply
 from reply_blocks import iter_blocks, iter_until_stop_sequence

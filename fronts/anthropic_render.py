@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from flask import Response, g, has_app_context, jsonify
 
 from converters import ApiError, ChatRequest, as_dict, as_int
-from redaction import Redactor, printable
+from redaction import Redactor
 from reply_blocks import (
     TEXT,
     THINKING,
@@ -29,9 +29,8 @@ from reply_blocks import (
     KeepAlive,
     ReplyEnd,
 )
-from streaming import format_event
+from streaming import format_event, iter_guarded
 
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "stop_sequence": "stop_sequence"}
 # Anthropic's error types by HTTP status; other 4xx are invalid requests, other 5xx api errors.
 ERROR_TYPES = {
@@ -193,27 +192,14 @@ def _usage(end: ReplyEnd | None, meta: MessageMeta, content: list[dict]) -> dict
 # --- the stream ----------------------------------------------------------------------------
 
 
-def stream_response(body: Iterator[bytes]) -> Response:
-    return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
-
-
 def iter_stream_body(
     events: Iterator[BlockEvent], deltas: Iterator, meta: MessageMeta, redact: Redactor
 ) -> Iterator[bytes]:
     """The Messages event stream; an error after the first byte becomes an ``error`` event."""
-    try:
-        for name, data in iter_stream_events(events, meta):
-            yield format_event(name, data)
-    except ApiError as exc:
-        body = error_body(exc, redact)
-        log.warning("stream %s ended with an error: %s", meta.id, printable(body["error"]["message"]))
-        yield format_event("error", body)
-    except Exception:  # a bug must still end the stream the way clients understand
-        log.exception("stream %s failed", meta.id)
-        error = ApiError(f"Internal error in stream {meta.id}.", status=500)
-        yield format_event("error", error_body(error))
-    finally:
-        deltas.close()
+    frames = (format_event(name, data) for name, data in iter_stream_events(events, meta))
+    return iter_guarded(
+        frames, lambda error: format_event("error", error_body(error, redact)), meta.id, redact, deltas.close
+    )
 
 
 def iter_stream_events(events: Iterable[BlockEvent], meta: MessageMeta) -> Iterator[tuple[str, dict]]:

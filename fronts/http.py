@@ -7,16 +7,18 @@ import json
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from werkzeug.exceptions import ClientDisconnected
 
 from converters import ApiError
 from services import RequestScope, Services
 
 READ_CHUNK = 64 * 1024
+# Proxies (nginx) must pass each event on at once, not buffer the stream.
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def services() -> Services:
@@ -57,6 +59,11 @@ def client_socket() -> socket.socket | None:
     """The connection to the client, as the server hands it over (gevent's wrapper under gunicorn)."""
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     return sock if hasattr(sock, "settimeout") else None
+
+
+def stream_response(body: Iterator[bytes]) -> Response:
+    """An event stream: the view returns it and the body streams as the generator yields."""
+    return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
 
 
 def set_write_timeout(seconds: float) -> None:

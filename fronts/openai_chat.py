@@ -11,13 +11,20 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 from converters import MAX_REPLY_BYTES, ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_bounded
-from fronts.http import client_gone_check, json_body, optional_field, request_scope, services, set_write_timeout
+from fronts.http import (
+    client_gone_check,
+    json_body,
+    optional_field,
+    request_scope,
+    services,
+    set_write_timeout,
+    stream_response,
+)
 from fronts.openai_render import (
     CompletionMeta,
     completion_from_deltas,
     error_response,
     iter_stream_body,
-    stream_response,
 )
 from keepalive import Watch
 from pipeline import start_watched_reply

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from flask import Response, jsonify
 
 from converters import ApiError, Delta, empty_usage, joined_tool_calls, merge_tool_calls
-from redaction import Redactor, printable
-from streaming import DONE, format_sse, iter_sse_bytes
+from redaction import Redactor
+from streaming import DONE, format_sse, iter_guarded, iter_sse_bytes
 
 SYSTEM_FINGERPRINT = "fp_reverse_api"
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # The same request would fail the same way on these; spare the upstream the SDKs' retries.
 RETRYABLE_CLIENT_STATUSES = (408, 409, 429)
 
@@ -41,29 +40,14 @@ def error_response(error: ApiError, redact: Redactor) -> Response:
     return response
 
 
-def stream_response(body: Iterator[bytes]) -> Response:
-    return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
-
-
 def iter_stream_body(
     deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool, redact: Redactor
 ) -> Iterator[bytes]:
     """SSE bytes for the client; an error after the first byte becomes an error event, then [DONE]."""
-    try:
-        yield from iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
-    except ApiError as exc:
-        body = error_body(exc, redact)
-        # Upstream text: one log line, whatever it holds.
-        log.warning("stream %s ended with an error: %s", meta.id, printable(body["error"]["message"]))
-        yield format_sse(body)
-        yield DONE
-    except Exception:  # a bug must still end the stream the way clients understand
-        log.exception("stream %s failed", meta.id)
-        error = ApiError(f"Internal error in stream {meta.id}.", status=500, type="server_error", code="internal_error")
-        yield format_sse(error_body(error))
-        yield DONE
-    finally:
-        deltas.close()
+    frames = iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
+    return iter_guarded(
+        frames, lambda error: format_sse(error_body(error, redact)) + DONE, meta.id, redact, deltas.close
+    )
 
 
 @dataclass(frozen=True)
