@@ -56,14 +56,21 @@ log = logging.getLogger("reverse_api")
 # --- errors --------------------------------------------------------------------------------
 
 
-def error_body(error: ApiError, redact: Redactor | None = None) -> dict:
+def error_body(error: ApiError, redact: Redactor | None = None, request_id: str = "") -> dict:
     """``{"type": "error", "error": {type, message}, "request_id"}``, as the Anthropic SDK reads it."""
     message = redact(error.message) if redact else error.message
     return {
         "type": "error",
-        "error": {"type": error_type(error.status), "message": message},
-        "request_id": _request_id(),
+        "error": {"type": error_type(anthropic_status(error)), "message": message},
+        "request_id": request_id or _request_id() or None,
     }
+
+
+def anthropic_status(error: ApiError) -> int:
+    """The status Anthropic clients should see. A 401 that is not about the client's own key
+    (the provider's credential is missing or refused) is the service's trouble: Claude Code
+    would take a 401 for a bad key of its own and ask the user to log in again."""
+    return 502 if error.status == 401 and error.code != "invalid_api_key" else error.status
 
 
 def error_type(status: int) -> str:
@@ -73,9 +80,10 @@ def error_type(status: int) -> str:
 def error_response(error: ApiError, redact: Redactor) -> Response:
     """An error before the first byte: the body with its real HTTP status and headers."""
     response = jsonify(error_body(error, redact))
-    response.status_code = error.status
+    response.status_code = anthropic_status(error)
     response.headers.update(error.headers)
-    if 400 <= error.status < 500 and error.status not in RETRYABLE_CLIENT_STATUSES:
+    same_again = 400 <= error.status < 500 and error.status not in RETRYABLE_CLIENT_STATUSES
+    if same_again:
         response.headers.setdefault("x-should-retry", "false")  # the same request would fail the same way
     return response
 
@@ -94,10 +102,11 @@ class MessageMeta:
     id: str
     model: str
     input_estimate: int  # until the upstream reports its count (streams must say one first)
+    request_id: str = ""  # for errors the stream writes once the request's context is gone
 
     @classmethod
     def new(cls, model: str, input_estimate: int) -> MessageMeta:
-        return cls("msg_" + uuid.uuid4().hex[:24], model, input_estimate)
+        return cls("msg_" + uuid.uuid4().hex[:24], model, input_estimate, _request_id())
 
 
 def estimate_tokens(chat_request: ChatRequest) -> int:
@@ -117,7 +126,8 @@ def message_from_events(events: Iterable[BlockEvent], meta: MessageMeta) -> dict
     content: list[dict] = []
     for event in events:
         if isinstance(event, BlockStop):
-            content.append(_whole_block(event))
+            if event.text or event.kind != TEXT:  # empty text: a stop sequence at the very start
+                content.append(_whole_block(event))
         elif isinstance(event, ReplyEnd):
             return {
                 **_message_head(meta),
@@ -129,7 +139,7 @@ def message_from_events(events: Iterable[BlockEvent], meta: MessageMeta) -> dict
 
 
 def _message_head(meta: MessageMeta) -> dict:
-    return {"id": meta.id, "type": "message", "role": "assistant", "model": meta.model}
+    return {"id": meta.id, "type": "message", "role": "assistant", "model": meta.model, "diagnostics": None}
 
 
 def _stop_fields(end: ReplyEnd | None) -> dict:
@@ -152,7 +162,7 @@ def _whole_block(stop: BlockStop) -> dict:
 
 def _tool_use_head(call_id: str, name: str) -> dict:
     suffix = call_id.removeprefix("call_") or uuid.uuid4().hex[:24]
-    return {"type": "tool_use", "id": "toolu_" + suffix, "name": name, "caller": None}
+    return {"type": "tool_use", "id": "toolu_" + suffix, "name": name, "caller": None, "toolset_name": None}
 
 
 def _tool_input(arguments: str) -> dict:
@@ -169,23 +179,32 @@ def _tool_input(arguments: str) -> dict:
 def _usage(end: ReplyEnd | None, meta: MessageMeta, content: list[dict]) -> dict:
     """The upstream's counts in Anthropic's terms (cached tokens apart from input); estimates when
     it gave none (a stop sequence ended the reply before its count came)."""
-    usage = end.usage if end else None
+    counts = _counts(end.usage if end else None, meta, content)
+    return {
+        **counts,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "inference_geo": None,
+        "service_tier": "standard",
+        "speed": None,
+    }
+
+
+def _counts(usage: dict | None, meta: MessageMeta, content: list[dict]) -> dict:
+    """The counts a message's usage and the closing ``message_delta``'s share."""
     if usage is None:
-        said = "".join(
-            block.get("text") or block.get("thinking") or json.dumps(block.get("input")) for block in content
-        )
-        prompt, cached, output = meta.input_estimate, 0, max(1, math.ceil(len(said) / 4))
+        said = "".join(str(block.get("text") or block.get("thinking") or block.get("input")) for block in content)
+        prompt, cached, output, thinking = meta.input_estimate, 0, max(1, math.ceil(len(said) / 4)), 0
     else:
         prompt, output = as_int(usage.get("prompt_tokens")), as_int(usage.get("completion_tokens"))
         cached = as_int(as_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
+        thinking = as_int(as_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
     return {
         "input_tokens": max(0, prompt - cached),
         "output_tokens": output,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
-        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "output_tokens_details": {"thinking_tokens": min(thinking, output)},
         "server_tool_use": None,
-        "service_tier": "standard",
     }
 
 
@@ -197,9 +216,11 @@ def iter_stream_body(
 ) -> Iterator[bytes]:
     """The Messages event stream; an error after the first byte becomes an ``error`` event."""
     frames = (format_event(name, data) for name, data in iter_stream_events(events, meta))
-    return iter_guarded(
-        frames, lambda error: format_event("error", error_body(error, redact)), meta.id, redact, deltas.close
-    )
+
+    def error_event(error: ApiError) -> bytes:
+        return format_event("error", error_body(error, redact, meta.request_id))
+
+    return iter_guarded(frames, error_event, meta.id, redact, deltas.close)
 
 
 def iter_stream_events(events: Iterable[BlockEvent], meta: MessageMeta) -> Iterator[tuple[str, dict]]:
@@ -221,7 +242,7 @@ def iter_stream_events(events: Iterable[BlockEvent], meta: MessageMeta) -> Itera
         elif isinstance(event, ReplyEnd):
             yield (
                 "message_delta",
-                {"type": "message_delta", "delta": _stop_fields(event), "usage": _usage(event, meta, content)},
+                {"type": "message_delta", "delta": _stop_fields(event), "usage": _counts(event.usage, meta, content)},
             )
             yield "message_stop", {"type": "message_stop"}
             return

@@ -218,13 +218,38 @@ def test_a_streamed_tool_use_opens_its_input_with_an_empty_piece(service, claude
 
 
 @pytest.mark.parametrize(
-    ("choice", "mode"),
-    [({"type": "none"}, "none"), ({"type": "tool", "name": "get_weather"}, "named"), ({"type": "auto"}, "auto")],
+    ("choice", "rule"),
+    [
+        ({"type": "auto"}, None),
+        ({"type": "any"}, "You must call at least one tool in this answer."),
+        ({"type": "tool", "name": "get_weather"}, "You must call get_weather in this answer."),
+    ],
 )
-def test_tool_choice_is_read(claude, fake_qwen, choice, mode):
-    prompts = model(fake_qwen, "Fine." if mode != "named" else CALL)
+def test_tool_choice_is_read(claude, fake_qwen, choice, rule):
+    prompts = model(fake_qwen, CALL)
     claude.messages.create(**body(tools=[WEATHER], tool_choice=choice))
-    assert ("[TOOL CALL]" in prompts[0]) is (mode != "none")
+    assert "[TOOL CALL]" in prompts[0]
+    if rule:
+        assert rule in prompts[0]
+    else:
+        assert "You must call" not in prompts[0] and "When no tool is needed" in prompts[0]
+
+
+def test_tool_choice_none_offers_no_tools(claude, fake_qwen):
+    prompts = model(fake_qwen, "Fine.")
+    claude.messages.create(**body(tools=[WEATHER], tool_choice={"type": "none"}))
+    assert "[TOOL CALL]" not in prompts[0]
+
+
+def test_disable_parallel_tool_use_keeps_the_first_call(claude, fake_qwen):
+    model(fake_qwen, CALL + "\n" + CALL.replace("Paris", "Rome"))
+    both = claude.messages.create(**body(tools=[WEATHER]))
+    assert [b.input["city"] for b in both.content] == ["Paris", "Rome"]
+    model(fake_qwen, CALL + "\n" + CALL.replace("Paris", "Rome"))
+    one = claude.messages.create(
+        **body(tools=[WEATHER], tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    )
+    assert [b.input["city"] for b in one.content] == ["Paris"]
 
 
 # --- count_tokens, errors, auth, probes --------------------------------------------------------------
@@ -269,7 +294,8 @@ def test_an_unknown_model_is_404_not_found_error(claude):
 
 def test_an_unknown_route_under_messages_speaks_anthropic(client):
     reply = client.post("/v1/messages/batches", json={})
-    assert reply.status_code in (404, 405) and reply.get_json()["type"] == "error"
+    assert reply.status_code == 404 and reply.get_json()["type"] == "error"
+    assert reply.get_json()["error"]["type"] == "not_found_error"
 
 
 def test_an_upstream_failure_before_the_first_byte_keeps_its_status(claude, fake_qwen):
@@ -278,7 +304,7 @@ def test_an_upstream_failure_before_the_first_byte_keeps_its_status(claude, fake
     fake_qwen.reply = json_reply({"success": False, "data": {"code": "Bad_Request", "details": "nope"}}, status=500)
     with pytest.raises(anthropic.APIStatusError) as caught:
         claude.messages.create(**body())
-    assert caught.value.status_code >= 500 and caught.value.body["error"]["type"] in ("api_error", "overloaded_error")
+    assert caught.value.status_code == 502 and caught.value.body["error"]["type"] == "api_error"
 
 
 def test_an_error_after_the_first_byte_is_an_error_event(service, claude, fake_qwen):
@@ -288,6 +314,7 @@ def test_an_error_after_the_first_byte_is_an_error_event(service, claude, fake_q
     assert events[0][0] == "message_start"
     assert events[-1][0] == "error" and events[-1][1]["error"]["type"] == "api_error"
     assert "in progress" in events[-1][1]["error"]["message"]
+    assert events[-1][1]["request_id"].startswith("req_")  # the request's own, though its context is gone
     fake_qwen.reply = sse_reply([*answer_frames(["Hi"])[:1], error])
     with pytest.raises(anthropic.APIStatusError), claude.messages.stream(**body()) as stream:
         stream.get_final_message()
@@ -338,3 +365,89 @@ def test_an_agent_loop_continues_one_upstream_chat(claude, fake_qwen):
     assert completions[1]["parent_id"] == RESPONSE_ID
     assert "You are an agent." in prompts[0] and "You are an agent." not in prompts[1]
     assert "18 C" in prompts[1]
+
+
+# --- what the SDK's types list, and the errors' types --------------------------------------------
+
+
+def missing_fields(model_type, data: dict, where: str = "") -> list[str]:
+    """Every field the SDK's pydantic model lists that ``data`` lacks, nested models too."""
+    import typing
+
+    from pydantic import BaseModel
+
+    missing = []
+    for name, info in model_type.model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            missing.append(where + key)
+            continue
+        inner = [a for a in typing.get_args(info.annotation) or (info.annotation,) if isinstance(a, type)]
+        nested = [a for a in inner if issubclass(a, BaseModel)]
+        if len(nested) == 1 and isinstance(data[key], dict):
+            missing += missing_fields(nested[0], data[key], f"{where}{key}.")
+    return missing
+
+
+def test_no_field_the_sdk_lists_is_left_out(client, service, fake_qwen):
+    from anthropic.types import MessageDeltaUsage, TextBlock, ThinkingBlock, ToolUseBlock
+
+    fake_qwen.reply = sse_reply(summary_frames(["Hmm."]) + answer_frames(["Paris."]))
+    raw = client.post("/v1/messages", json=body()).get_json()
+    assert missing_fields(Message, raw) == []
+    thinking, text = raw["content"]
+    assert missing_fields(ThinkingBlock, thinking) == [] and missing_fields(TextBlock, text) == []
+    model(fake_qwen, CALL)
+    (use,) = client.post("/v1/messages", json=body(tools=[WEATHER])).get_json()["content"]
+    assert missing_fields(ToolUseBlock, use) == []
+    events = dict(raw_events(service, body()))
+    assert missing_fields(Message, events["message_start"]["message"]) == []
+    assert set(events["message_delta"]["usage"]) == set(MessageDeltaUsage.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "seen", "kind"),
+    [
+        (400, None, 400, "invalid_request_error"),
+        (401, "invalid_api_key", 401, "authentication_error"),
+        (401, "missing_credential", 502, "api_error"),  # the provider's credential: not the client's key
+        (403, None, 403, "permission_error"),
+        (404, "model_not_found", 404, "not_found_error"),
+        (413, None, 413, "request_too_large"),
+        (429, None, 429, "rate_limit_error"),
+        (500, None, 500, "api_error"),
+        (502, None, 502, "api_error"),
+        (503, None, 503, "overloaded_error"),
+        (504, None, 504, "timeout_error"),
+        (529, None, 529, "overloaded_error"),
+    ],
+)
+def test_error_types_follow_the_status(app, status, code, seen, kind):
+    from converters import ApiError
+    from fronts.anthropic_render import error_response
+    from redaction import Redactor
+
+    with app.test_request_context("/v1/messages"):
+        response = error_response(ApiError("x", status=status, code=code), Redactor(()))
+    assert response.status_code == seen and response.get_json()["error"]["type"] == kind
+    assert (response.headers.get("x-should-retry") == "false") is (status in (400, 401, 403, 404, 413))
+
+
+def test_hidden_reasoning_leaves_no_thinking_block(app_config, qwen_token, fake_qwen):
+    app = create_app({**app_config, "REASONING_FORMAT": "hidden"})
+    fake_qwen.reply = sse_reply(summary_frames(["Hmm."]) + answer_frames(["Paris."]))
+    content = app.test_client().post("/v1/messages", json=body()).get_json()["content"]
+    assert [b["type"] for b in content] == ["text"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}}],
+        [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}],
+    ],
+)
+def test_images_are_refused_not_dropped(client, fake_qwen, content):
+    reply = client.post("/v1/messages", json=body(messages=[{"role": "user", "content": content}]))
+    assert reply.status_code == 400 and "image" in reply.get_json()["error"]["message"]
+    assert fake_qwen.requests == []
