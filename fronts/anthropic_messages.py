@@ -20,7 +20,16 @@ from fronts.anthropic_render import (
     iter_stream_body,
     message_from_events,
 )
-from fronts.http import client_gone_check, json_body, optional_field, request_scope, set_write_timeout, stream_response
+from fronts.http import (
+    block_reasoning_format,
+    client_gone_check,
+    json_body,
+    model_field,
+    optional_field,
+    request_scope,
+    set_write_timeout,
+    stream_response,
+)
 from keepalive import Watch
 from pipeline import start_watched_reply
 from reply_blocks import iter_blocks, iter_until_stop_sequence
@@ -60,9 +69,7 @@ def create_message() -> Response:
     watch = Watch(
         config["KEEPALIVE_SECONDS"] if chat_request.stream else 0.0, config["REQUEST_TIMEOUT"], client_gone_check()
     )
-    # Thinking is rendered as thinking blocks; think-tags are for chat-completions clients alone.
-    reasoning = "hidden" if config["REASONING_FORMAT"] == "hidden" else "reasoning_content"
-    deltas = start_watched_reply(scope, provider, chat_request, reasoning, watch)
+    deltas = start_watched_reply(scope, provider, chat_request, block_reasoning_format(config), watch)
     if chat_request.stream:
         set_write_timeout(config["CLIENT_TIMEOUT"])  # a client that stops reading is dropped
         events = iter_until_stop_sequence(iter_blocks(deltas), stop_sequences)
@@ -88,9 +95,7 @@ def parse_messages_request(body: Any, needs_max_tokens: bool = True) -> ChatRequ
     ``cache_control`` on blocks...) are accepted and ignored."""
     if not isinstance(body, dict):
         raise ApiError("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip() or any(ord(c) < 32 or c == "\x7f" for c in model):
-        raise ApiError("model: a non-empty string without control characters is required.", param="model")
+    model = model_field(body)
     if needs_max_tokens:
         _check_max_tokens(body.get("max_tokens"))
     messages = body.get("messages")

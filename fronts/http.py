@@ -138,3 +138,19 @@ def optional_field(body: dict, key: str, kind: type, default: Any) -> Any:
     if not isinstance(value, kind):
         raise ApiError(f"'{key}' must be of type {kind.__name__}.", param=key)
     return value
+
+
+def model_field(body: dict) -> str:
+    """The request's ``model``: a non-empty string that could not split a header or a log line."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError("'model' is required and must be a non-empty string.", param="model")
+    if any(ord(c) < 32 or c == "\x7f" for c in model):
+        raise ApiError("'model' must not contain control characters.", param="model")
+    return model
+
+
+def block_reasoning_format(config: dict) -> str:
+    """REASONING_FORMAT for the fronts with reasoning blocks of their own (thinking blocks,
+    reasoning items): reasoning kept apart unless hidden; think-tags are for chat completions."""
+    return "hidden" if config["REASONING_FORMAT"] == "hidden" else "reasoning_content"

@@ -14,6 +14,7 @@ from converters import MAX_REPLY_BYTES, ApiError, ChatRequest, ContentPart, Mess
 from fronts.http import (
     client_gone_check,
     json_body,
+    model_field,
     optional_field,
     request_scope,
     services,
@@ -98,11 +99,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     """Check a parsed JSON body and normalise it; unknown fields are ignored and null means absent."""
     if not isinstance(body, dict):
         raise ApiError("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise ApiError("'model' is required and must be a non-empty string.", param="model")
-    if any(ord(c) < 32 or c == "\x7f" for c in model):
-        raise ApiError("'model' must not contain control characters.", param="model")
+    model = model_field(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError("'messages' is required and must be a non-empty array.", param="messages")
