@@ -12,7 +12,16 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 from converters import MAX_REPLY_BYTES, ApiError, ChatRequest, ContentPart, Message, ToolCall, iter_bounded
-from fronts.http import client_gone_check, json_body, optional_field, request_scope, set_write_timeout, stream_response
+from fronts.http import (
+    block_reasoning_format,
+    client_gone_check,
+    json_body,
+    model_field,
+    optional_field,
+    request_scope,
+    set_write_timeout,
+    stream_response,
+)
 from fronts.openai_render import error_response
 from fronts.responses_render import ResponseMeta, iter_stream_body, response_from_events
 from keepalive import Watch
@@ -50,9 +59,7 @@ def create_response() -> Response:
     config = current_app.config
     keepalive = config["KEEPALIVE_SECONDS"] if chat_request.stream else 0.0
     watch = Watch(keepalive, config["REQUEST_TIMEOUT"], client_gone_check())
-    # Reasoning comes as reasoning items; think-tags are for chat-completions clients alone.
-    reasoning = "hidden" if config["REASONING_FORMAT"] == "hidden" else "reasoning_content"
-    deltas = start_watched_reply(scope, provider, chat_request, reasoning, watch)
+    deltas = start_watched_reply(scope, provider, chat_request, block_reasoning_format(config), watch)
     if chat_request.stream:
         set_write_timeout(config["CLIENT_TIMEOUT"])  # a client that stops reading is dropped
         return stream_response(iter_stream_body(iter_blocks(deltas), deltas, meta, scope.redact))
@@ -80,9 +87,7 @@ def parse_responses_request(body: Any) -> ChatRequest:
     """Check a Responses body and normalise it; unknown fields are accepted and ignored."""
     if not isinstance(body, dict):
         raise ApiError("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip() or any(ord(c) < 32 or c == "\x7f" for c in model):
-        raise ApiError("'model' is required: a non-empty string without control characters.", param="model")
+    model = model_field(body)
     if body.get("previous_response_id") is not None:
         raise ApiError(
             "previous_response_id is not supported: this service stores no responses. Send the whole "
@@ -141,7 +146,7 @@ def _add_item(messages: list[Message], item: Any, where: str) -> None:
 
 def _message(item: dict, where: str) -> Message:
     role = item.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise ApiError(f"'{where}.role' must be one of: {', '.join(ROLES)}.", param=f"{where}.role")
     content = item.get("content")
     if isinstance(content, str):

@@ -38,23 +38,55 @@ class ResponseMeta:
 
 
 def _echoed(body: dict, chat_request: ChatRequest) -> dict:
+    """The request's settings as the response repeats them; a value of the wrong type is not
+    repeated (its default is), so the response stays valid for the SDK's types."""
     reasoning = as_dict(body.get("reasoning"))
     return {
         "instructions": body.get("instructions"),
-        "max_output_tokens": body.get("max_output_tokens"),
-        "metadata": body.get("metadata") or {},
+        "max_output_tokens": _of_type(body.get("max_output_tokens"), int, None),
+        "metadata": _of_type(body.get("metadata"), dict, {}),
         "model": chat_request.model,
         "parallel_tool_calls": chat_request.parallel_tool_calls,
-        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "prompt_cache_key": _of_type(body.get("prompt_cache_key"), str, None),
+        "reasoning": {
+            "effort": _of_type(reasoning.get("effort"), str, None),
+            "summary": _of_type(reasoning.get("summary"), str, None),
+            "generate_summary": None,
+            "mode": None,
+            "context": None,
+        },
+        "safety_identifier": _of_type(body.get("safety_identifier"), str, None),
         "store": body.get("store", True) is not False,
-        "temperature": body.get("temperature", 1.0),
-        "text": body.get("text") or {"format": {"type": "text"}},
+        "temperature": _of_type(body.get("temperature"), (int, float), 1.0),
+        "text": {"format": {"type": "text"}, "verbosity": None, **_of_type(body.get("text"), dict, {})},
         "tool_choice": body.get("tool_choice") or "auto",
         "tools": list(chat_request.tools),
-        "top_p": body.get("top_p", 1.0),
-        "truncation": body.get("truncation") or "disabled",
-        "user": body.get("user"),
+        "top_p": _of_type(body.get("top_p"), (int, float), 1.0),
+        "truncation": body.get("truncation") if body.get("truncation") in ("auto", "disabled") else "disabled",
+        "user": _of_type(body.get("user"), str, None),
     }
+
+
+def _of_type(value: object, kinds: type | tuple[type, ...], default: object) -> object:
+    return value if isinstance(value, kinds) and not isinstance(value, bool) else default
+
+
+# Fields of the official response that this service never fills: null, as the API sends them unused.
+UNUSED_FIELDS = (
+    "access_programs",
+    "completed_at",
+    "conversation",
+    "image",
+    "input_transformations",
+    "max_tool_calls",
+    "moderation",
+    "prompt",
+    "prompt_cache_diagnostics",
+    "prompt_cache_options",
+    "prompt_cache_retention",
+    "tool_usage",
+    "top_logprobs",
+)
 
 
 def response_object(meta: ResponseMeta, status: str, usage: dict | None = None, **fields: object) -> dict:
@@ -70,6 +102,7 @@ def response_object(meta: ResponseMeta, status: str, usage: dict | None = None, 
         "previous_response_id": None,
         "service_tier": "default",
         "usage": usage,
+        **dict.fromkeys(UNUSED_FIELDS),
         **meta.echo,
         **fields,
     }
@@ -83,7 +116,7 @@ def response_usage(usage: dict | None) -> dict:
     reasoning = as_int(as_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0, "cache_write_tokens_details": None},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + output,
@@ -126,12 +159,26 @@ def _item(block: BlockStart | BlockStop, meta: ResponseMeta) -> dict:
     )
     if block.kind == THINKING:
         summary = [_summary_part(text)] if done else []
-        return {"id": item_id, "type": "reasoning", "summary": summary, "encrypted_content": None, "status": status}
+        return {
+            "id": item_id,
+            "type": "reasoning",
+            "summary": summary,
+            "content": None,
+            "encrypted_content": None,
+            "status": status,
+        }
     if block.kind == TOOL_CALL:
-        call = {"call_id": block.call_id, "name": block.name, "arguments": text}
+        call = {
+            "call_id": block.call_id,
+            "name": block.name,
+            "arguments": text,
+            "namespace": None,
+            "caller": None,
+            "async": None,
+        }
         return {"id": item_id, "type": "function_call", **call, "status": status}
     content = [_output_text(text)] if done else []
-    return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+    return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content, "phase": None}
 
 
 def _summary_part(text: str) -> dict:
@@ -232,6 +279,7 @@ def _item_closed(stop: BlockStop, meta: ResponseMeta) -> Iterator[dict]:
             **where,
             "summary_index": 0,
             "part": _summary_part(stop.text),
+            "status": None,
         }
     elif stop.kind == TOOL_CALL:
         yield {"type": "response.function_call_arguments.done", **where, "name": stop.name, "arguments": stop.text}

@@ -211,6 +211,8 @@ def test_previous_response_id_is_a_clear_400(sdk, fake_qwen):
         ({"model": MODEL, "input": 5}, "input"),
         ({"model": MODEL, "input": [{"type": "web_search_call", "id": "x"}]}, "input[0]"),
         ({"model": MODEL, "input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+        ({"model": MODEL, "input": [{"role": [], "content": "x"}]}, "input[0].role"),
+        ({"model": MODEL, "input": [{"role": {"a": 1}, "content": "x"}]}, "input[0].role"),
         ({"model": MODEL, "input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
         ({"model": MODEL, "input": "x", "reasoning": "high"}, "reasoning"),
     ],
@@ -238,3 +240,26 @@ def test_a_websocket_upgrade_is_refused_at_once(service):
     assert reply.status_code == 405 and reply.headers["Allow"].startswith("POST")
     error = reply.json()["error"]
     assert error["code"] == "websocket_not_supported" and "supports_websockets = false" in error["message"]
+
+
+def test_no_field_the_sdk_lists_is_left_out_and_codex_settings_are_echoed(client, service, fake_qwen):
+    from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseReasoningItem
+
+    from tests.test_anthropic_front import missing_fields
+
+    codex = {"text": {"verbosity": "medium"}, "prompt_cache_key": "k1", "store": False, "temperature": "hot"}
+    fake_qwen.reply = thinking_reply()
+    raw = client.post("/v1/responses", json={"model": MODEL, "input": "Hi", **codex}).get_json()
+    assert missing_fields(Response, raw) == []
+    assert raw["text"] == {"format": {"type": "text"}, "verbosity": "medium"} and raw["prompt_cache_key"] == "k1"
+    assert raw["store"] is False and raw["temperature"] == 1.0  # a wrong type is not echoed back
+    reasoning, message = raw["output"]
+    assert missing_fields(ResponseReasoningItem, reasoning) == []
+    assert missing_fields(ResponseOutputMessage, message) == []
+    model(fake_qwen, CALL)
+    (call,) = client.post("/v1/responses", json={"model": MODEL, "input": "x", "tools": [WEATHER]}).get_json()["output"]
+    assert missing_fields(ResponseFunctionToolCall, call) == []
+    fake_qwen.reply = thinking_reply()
+    for name, data in raw_events(service, {"model": MODEL, "input": "Hi"}):
+        event_type = type(EVENTS.validate_python(data))
+        assert missing_fields(event_type, data) == [], name
