@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import json_codec
 from converters import ApiError
 from redaction import Redactor, printable
 
@@ -129,10 +130,9 @@ def iter_data(events: Iterable[SseEvent]) -> Iterator[str]:
 
 
 def format_sse(obj: dict) -> bytes:
-    """One ``data:`` event on one line, as every OpenAI client expects."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    # A lone surrogate (from a client's JSON) cannot be UTF-8: write it as its JSON escape, \\udXXX.
-    return b"data: " + text.encode("utf-8", errors="backslashreplace") + b"\n\n"
+    """One ``data:`` event on one line, as every OpenAI client expects (a lone surrogate from a
+    client's JSON written as its escape, ``\\udXXX``: it cannot be UTF-8)."""
+    return b"data: " + json_codec.dumps(obj) + b"\n\n"
 
 
 def format_event(name: str, obj: dict) -> bytes:
@@ -166,8 +166,28 @@ def internal_stream_error(stream_id: str) -> ApiError:
     return ApiError(f"Internal error in stream {stream_id}.", status=500, type="server_error", code="internal_error")
 
 
-def iter_sse_bytes(objects: Iterable[dict | None]) -> Iterator[bytes]:
-    """Frame each object as an SSE event (``None`` as a keep-alive comment), then ``[DONE]``."""
+def iter_sse_bytes(objects: Iterable[dict | bytes | None]) -> Iterator[bytes]:
+    """Frame each object as an SSE event (``None`` as a keep-alive comment, bytes as already
+    framed), then ``[DONE]``."""
     for obj in objects:
-        yield KEEP_ALIVE if obj is None else format_sse(obj)
+        yield KEEP_ALIVE if obj is None else obj if type(obj) is bytes else format_sse(obj)
     yield DONE
+
+
+def iter_coalesced(frames: Iterator[bytes], more_ready: Callable[[], bool]) -> Iterator[bytes]:
+    """Frames joined into one write while the reply already holds what comes next: the events of
+    one upstream read go out together (one write, one TCP segment, not one per event), and a
+    frame is never held once nothing more is waiting."""
+    held: list[bytes] = []
+    try:
+        for frame in frames:
+            held.append(frame)
+            if not more_ready():
+                yield held[0] if len(held) == 1 else b"".join(held)
+                held = []
+        if held:
+            yield b"".join(held)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import json_codec
 from converters import (
     CHAT_GONE,
     ApiError,
@@ -187,7 +188,7 @@ def iter_qwen_deltas(
 def parse_frame(data: str) -> dict:
     """One SSE data payload as a JSON object, or a 502 quoting the start of it."""
     try:
-        frame = json.loads(data)
+        frame = json_codec.loads(data)
     except (ValueError, RecursionError):  # nested deeper than Python recurses: unreadable too
         raise upstream_error(f"The upstream sent an unreadable event: {data[:ERROR_BODY_LIMIT]!r}") from None
     if not isinstance(frame, dict):

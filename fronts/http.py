@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _socket
-import json
 import select
 import socket
 import time
@@ -13,8 +12,11 @@ from typing import Any
 from flask import Response, current_app, g, request
 from werkzeug.exceptions import ClientDisconnected
 
+import json_codec
 from converters import ApiError
+from keepalive import WatchedReply
 from services import RequestScope, Services
+from streaming import iter_coalesced
 
 READ_CHUNK = 64 * 1024
 # Proxies (nginx) must pass each event on at once, not buffer the stream.
@@ -61,9 +63,10 @@ def client_socket() -> socket.socket | None:
     return sock if hasattr(sock, "settimeout") else None
 
 
-def stream_response(body: Iterator[bytes]) -> Response:
-    """An event stream: the view returns it and the body streams as the generator yields."""
-    return Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
+def stream_response(body: Iterator[bytes], reply: WatchedReply) -> Response:
+    """An event stream: the view returns it and the body streams as the generator yields, what
+    ``reply`` delivered together written together."""
+    return Response(iter_coalesced(body, reply.ready), mimetype="text/event-stream", headers=STREAM_HEADERS)
 
 
 def set_write_timeout(seconds: float) -> None:
@@ -125,7 +128,7 @@ def json_body() -> Any:
             headers={"Connection": "close"},  # the rest of a chunked body is not read
         )
     try:
-        return json.loads(raw)
+        return json_codec.loads(raw)
     except (ValueError, RecursionError):
         raise ApiError("The request body is not valid JSON.", code="invalid_json") from None
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from flask import Response, jsonify
 
+import json_codec
 from converters import ApiError, Delta, empty_usage, joined_tool_calls, merge_tool_calls
 from redaction import Redactor
 from streaming import DONE, format_sse, iter_guarded, iter_sse_bytes
@@ -44,7 +45,7 @@ def iter_stream_body(
     deltas: Iterator[Delta], meta: CompletionMeta, include_usage: bool, redact: Redactor
 ) -> Iterator[bytes]:
     """SSE bytes for the client; an error after the first byte becomes an error event, then [DONE]."""
-    frames = iter_sse_bytes(iter_chunks(deltas, meta, include_usage))
+    frames = iter_sse_bytes(iter_chunks(deltas, meta, include_usage, ChunkFrame(meta, include_usage)))
     return iter_guarded(
         frames, lambda error: format_sse(error_body(error, redact)) + DONE, meta.id, redact, deltas.close
     )
@@ -63,12 +64,34 @@ class CompletionMeta:
         return cls(id="chatcmpl-" + uuid.uuid4().hex, created=int(time.time()), model=model)
 
 
-def iter_chunks(deltas: Iterable[Delta], meta: CompletionMeta, include_usage: bool) -> Iterator[dict | None]:
+class ChunkFrame:
+    """The SSE frame of one delta's chunk, from bytes made once per completion: only the delta's
+    own fields are encoded per event. The same bytes ``format_sse(chunk_from_delta(...))`` gives."""
+
+    def __init__(self, meta: CompletionMeta, include_usage: bool) -> None:
+        head = json_codec.dumps(_chunk_head(meta))[:-1]  # the object left open for "choices"
+        self._before = b"data: " + head + b',"choices":[{"index":0,"delta":'
+        usage = b',"usage":null' if include_usage else b""
+        self._after = b',"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n"
+
+    def __call__(self, fields: dict) -> bytes:
+        return self._before + json_codec.dumps(fields) + self._after
+
+
+def iter_chunks(
+    deltas: Iterable[Delta],
+    meta: CompletionMeta,
+    include_usage: bool,
+    delta_chunk: Callable[[dict], dict | bytes] | None = None,
+) -> Iterator[dict | bytes | None]:
     """OpenAI ``chat.completion.chunk`` dicts: role first, deltas, finish, then optional usage.
 
-    ``None`` stands for an upstream keep-alive, relayed as an SSE comment.
+    ``None`` stands for an upstream keep-alive, relayed as an SSE comment; ``delta_chunk`` makes
+    each delta's chunk (a ``ChunkFrame`` gives it framed already).
     """
     usage_field = {"usage": None} if include_usage else {}
+    if delta_chunk is None:
+        delta_chunk = lambda fields: chunk_from_delta(meta, fields, None, usage_field)  # noqa: E731
     yield chunk_from_delta(meta, {"role": "assistant", "content": ""}, None, usage_field)
     usage, finish_reason = None, "stop"
     for delta in deltas:
@@ -78,7 +101,7 @@ def iter_chunks(deltas: Iterable[Delta], meta: CompletionMeta, include_usage: bo
         if delta.heartbeat:
             yield None
         elif not delta.is_notice:  # the upstream's ids are for the service, not the client
-            yield chunk_from_delta(meta, _delta_fields(delta), None, usage_field)
+            yield delta_chunk(_delta_fields(delta))
     yield chunk_from_delta(meta, {}, finish_reason, usage_field)
     if include_usage:
         yield {**_chunk_head(meta), "choices": [], "usage": usage or empty_usage()}

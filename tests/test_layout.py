@@ -30,6 +30,7 @@ LAYERS = [
         "tool_emulation",
         "tool_parser",
         "reply_blocks",
+        "json_codec",
     },  # pure
     # folders, settings, transport, state
     {"settings", "provider_loader", "provider_steps", "upstream", "upstream_requests", "model_catalog", "state"},
