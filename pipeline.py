@@ -33,7 +33,7 @@ from converters import (
 )
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
-from keepalive import PacedReply, Watch, first_deltas, iter_watched
+from keepalive import PacedReply, Watch, WatchedReply, first_deltas, iter_watched
 from placeholders import fill_headers, fill_url_path
 from provider_loader import Provider, ids_from_models_answer
 from redaction import Redactor, redact_headers
@@ -81,7 +81,8 @@ class Exchange:
     def __post_init__(self) -> None:
         # Rotated values live only in the store: blank them too, wherever the upstream echoes them.
         rotated = self.account.record.get("values", {}).values() if self.account.record.get("values") else ()
-        self.redact = self.scope.redact.with_secrets(rotated) if rotated else self.scope.redact
+        redact = self.scope.redact_for(self.provider)
+        self.redact = redact.with_secrets(rotated) if rotated else redact
 
     @property
     def environment(self) -> dict[str, str]:
@@ -103,7 +104,7 @@ class Exchange:
 
 def start_watched_reply(
     scope: RequestScope, provider: Provider, chat_request: ChatRequest, reasoning_format: str, watch: Watch
-) -> Iterator[Delta]:
+) -> WatchedReply:
     """Open the upstream reply, with REASONING_FORMAT applied, and pull its first delta before
     answering, so upstream failures still get a real HTTP status. It is read in its own thread
     so the request can wait the way ``watch`` says: keep-alives while the client would get nothing
@@ -130,8 +131,9 @@ def start_watched_reply(
             deltas = _restoring(scope, provider, chat_request, turn, turn.continuation, deltas)
         return iter_reasoning_format(deltas, reasoning_format)
 
-    deltas = iter_watched(PacedReply(produce), watch)
-    return _prepend(first_deltas(deltas), deltas)
+    paced = PacedReply(produce)
+    deltas = iter_watched(paced, watch)
+    return WatchedReply(_prepend(first_deltas(deltas), deltas), paced.ready)
 
 
 def open_reply(

@@ -5,6 +5,7 @@ Upper-case names come from the environment; lower-case ones are per-request valu
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -94,14 +95,22 @@ def fill_headers(
     """Fill header values; a header whose optional variable is unset or empty is dropped."""
     filled: dict[str, str] = {}
     missing: list[str] = []
-    for name, value in headers:
-        used = PLACEHOLDER.findall(value)
+    for name, value, used in header_template(tuple(headers)):
+        if not used:
+            filled[name] = value
+            continue
         if any(n in optional and variables.get(n) in (None, "") for n in used):
             continue
         filled[name] = str(_fill_string(value, variables, missing))
     if missing:
         raise MissingVariables(missing)
     return filled
+
+
+@functools.lru_cache(maxsize=256)
+def header_template(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """Each header with the placeholder names its value uses, found once per folder's headers."""
+    return tuple((name, value, tuple(PLACEHOLDER.findall(value))) for name, value in headers)
 
 
 def iter_strings(value: Any) -> Iterable[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from accounts import AccountBook
@@ -31,7 +33,7 @@ class RequestScope:
 
     registry: Registry
     file_values: dict[str, str]
-    redact: Redactor
+    redactors: Callable[[Provider | None], Redactor]
     upstream: UpstreamClient
     models: ModelCatalog
     drift: DriftLogs
@@ -39,6 +41,16 @@ class RequestScope:
     request_id: str = ""
     conversations: ConversationBook | None = None
     continuation: bool = False  # CONTINUATION=on
+
+    @cached_property
+    def redact(self) -> Redactor:
+        """Every provider's secrets blanked: for text that may quote any of them (an error)."""
+        return self.redactors(None)
+
+    def redact_for(self, provider: Provider) -> Redactor:
+        """One provider's secrets blanked: what its upstream's frames pass through, so the cost per
+        frame does not grow with the secrets of every other provider."""
+        return self.redactors(provider)
 
 
 class Services:
@@ -57,7 +69,7 @@ class Services:
         self.drift = DriftLogs()  # per process: each worker counts what it parsed
         self._lock = threading.Lock()
         self._next_check = 0.0
-        self._redactor: tuple[tuple[str, ...] | None, Redactor] = (None, Redactor(()))
+        self._redactors = Redactors()
         self._signature = folder_signature(self.providers_dir)
         self.registry = self._load()
 
@@ -65,11 +77,10 @@ class Services:
         """What one request works with; .env is checked once here, not at every step."""
         registry = self.current()
         file_values = self.env.values()
-        redact = self._redactor_for(registry, file_values)
         return RequestScope(
             registry,
             file_values,
-            redact,
+            lambda provider: self._redactors.of(registry, file_values, provider),
             self.upstream,
             self.models,
             self.drift,
@@ -108,13 +119,31 @@ class Services:
             log.error("provider %s not loaded: %s (its last good version, if any, stays in use)", name, reason)
         return registry
 
-    def _redactor_for(self, registry: Registry, file_values: dict[str, str]) -> Redactor:
-        """A Redactor for the current values of every provider variable, rebuilt only when they change."""
-        names = {name for p in registry.providers.values() for name in _every_account_name(p, file_values)}
-        secrets = tuple(sorted(read_variables(names, file_values).values()))
-        if self._redactor[0] != secrets:
-            self._redactor = (secrets, Redactor(secrets))
-        return self._redactor[1]
+
+class Redactors:
+    """Redactors for the variables' current values: one per provider, and one for them all.
+
+    Made on first use and kept while the providers and .env stay the same objects (both are
+    replaced when they change, never changed in place), so a request builds none. The real
+    environment is the one the process started with.
+    """
+
+    def __init__(self) -> None:
+        self._basis: tuple[Registry, dict] | None = None
+        self._made: dict[str | None, Redactor] = {}
+
+    def of(self, registry: Registry, file_values: dict[str, str], provider: Provider | None) -> Redactor:
+        basis = self._basis
+        if basis is None or basis[0] is not registry or basis[1] is not file_values:
+            self._basis, self._made = (registry, file_values), {}
+        made = self._made
+        key = provider.name if provider else None
+        found = made.get(key)
+        if found is None:
+            providers = [provider] if provider else registry.providers.values()
+            names = {name for p in providers for name in _every_account_name(p, file_values)}
+            found = made[key] = Redactor(read_variables(names, file_values).values())
+        return found
 
 
 def _every_account_name(provider: Provider, file_values: dict[str, str]) -> list[str]:

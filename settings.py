@@ -5,6 +5,7 @@ The one place that reads the environment and ``.env``; the service and the impor
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -141,13 +142,21 @@ def read_variables(names: Iterable[str], file_values: Mapping[str, str]) -> dict
 def account_numbers(names: Iterable[str], file_values: Mapping[str, str]) -> list[int]:
     """The N of every ``NAME_N`` (N of 2 or more) set to something, for the given base names: the
     accounts besides the first that the environment and .env hold."""
-    pattern = re.compile(r"^({})_([2-9]|[1-9][0-9]{{1,2}})$".format("|".join(re.escape(name) for name in names)))
+    names = tuple(names)
+    if not names:
+        return []
+    pattern = _numbered(names)
     found = set()
     for key in set(os.environ) | set(file_values):
-        match = pattern.match(key) if names else None
+        match = pattern.match(key)
         if match and (lookup(key, file_values) or "").strip():
             found.add(int(match.group(2)))
     return sorted(found)
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(names: tuple[str, ...]) -> re.Pattern:
+    return re.compile(r"^({})_([2-9]|[1-9][0-9]{{1,2}})$".format("|".join(re.escape(name) for name in names)))
 
 
 def ca_bundle() -> str | None:

@@ -17,6 +17,8 @@ from provider_loader import Provider
 from provider_steps import Step
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
+# What one header line cannot carry: a line break, a NUL, a character past Latin-1 (one search a value).
+UNFIT_HEADER_VALUE = re.compile(r"[\r\n\0]|[^\x00-\xff]")
 
 
 def request_values(environment: dict[str, str], model: str, chat_id: str, now: float) -> dict[str, Any]:
@@ -85,7 +87,8 @@ def fill_checked_headers(provider: Provider, headers: Any, values: dict, unset: 
     # A value pasted with a stray space or newline at either end: HTTP would trim it anyway.
     filled = {name: value.strip() for name, value in filled.items()}
     for name, value in filled.items():
-        _check_header_value(provider, name, value)
+        if UNFIT_HEADER_VALUE.search(value):
+            _check_header_value(provider, name, value)
     return filled
 
 
