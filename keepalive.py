@@ -2,15 +2,15 @@
 
 A thinking model can send nothing for a long time before its first delta, and clients, proxies
 and load balancers drop connections idle for 30 to 100 s. The reader thread hands deltas over a
-bounded queue; the stream being written sees a heartbeat whenever nothing came for a while.
+bounded handoff; the stream being written sees a heartbeat whenever nothing came for a while.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +39,55 @@ class Abort:
             reply.abort()
 
 
+class Handoff:
+    """A bounded hand-over from one reader thread to one writer, with no lock taken while the
+    writer is behind: items wait in a deque (its appends and pops are atomic), and each side
+    wakes the other only when that one is waiting (for an item, or for room)."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque = deque()
+        self._size = size
+        self._arrived, self._taken = threading.Event(), threading.Event()
+        self._writer_waits = self._reader_waits = False
+
+    def ready(self) -> bool:
+        """Whether an item is waiting: taking it will not block."""
+        return bool(self._items)
+
+    def put(self, item: tuple, stop: threading.Event) -> bool:
+        """Hand ``item`` over, waiting while the writer is ``size`` items behind; False once
+        ``stop`` is set (nobody listens any more)."""
+        while len(self._items) >= self._size:
+            if stop.is_set():
+                return False
+            self._reader_waits = True
+            self._taken.clear()
+            if len(self._items) >= self._size:  # looked at after the flag: a take in between is seen
+                self._taken.wait(OFFER_RETRY_SECONDS)
+            self._reader_waits = False
+        if stop.is_set():
+            return False
+        self._items.append(item)
+        if self._writer_waits:
+            self._arrived.set()
+        return True
+
+    def get(self, timeout: float) -> tuple | None:
+        """The next item, or None when none came within ``timeout`` seconds."""
+        if not self._items:
+            self._writer_waits = True
+            self._arrived.clear()
+            if not self._items:  # looked at after the flag: an item put in between is seen
+                self._arrived.wait(timeout)
+            self._writer_waits = False
+            if not self._items:
+                return None
+        item = self._items.popleft()
+        if self._reader_waits:
+            self._taken.set()
+        return item
+
+
 class PacedReply:
     """Deltas produced by a reader thread; ``next_within`` gives None when nothing came in time.
 
@@ -46,14 +95,14 @@ class PacedReply:
     """
 
     def __init__(self, produce: Callable[[Callable[[Any], None]], Iterator[Delta]]) -> None:
-        self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
+        self._handoff = Handoff(QUEUE_SIZE)
         self._stop = threading.Event()
         self._abort = Abort()
         self._finished = False
         # The reader holds no reference to this object: once the stream is dropped, the reader stops.
         weakref.finalize(self, self._stop.set)
         abort = self._abort
-        args = (lambda: produce(abort.watch), self._queue, self._stop)
+        args = (lambda: produce(abort.watch), self._handoff, self._stop)
         threading.Thread(target=_read, args=args, daemon=True).start()
 
     def next_within(self, seconds: float) -> Delta | None:
@@ -61,10 +110,10 @@ class PacedReply:
 
         :raise StopIteration: when the reply has ended.
         """
-        try:
-            kind, value = self._queue.get(timeout=max(0.0, seconds))
-        except queue.Empty:
+        item = self._handoff.get(max(0.0, seconds))
+        if item is None:
             return None
+        kind, value = item
         if kind == "error":
             self._finished = True
             raise value
@@ -73,6 +122,10 @@ class PacedReply:
             self._stop.set()
             raise StopIteration
         return value
+
+    def ready(self) -> bool:
+        """Whether the next delta (or the end) is already here: a writer may join it to what it holds."""
+        return self._handoff.ready()
 
     def close(self) -> None:
         """Nobody listens any more: stop the reader and, if the reply was still coming, cut the
@@ -83,36 +136,26 @@ class PacedReply:
             self._abort()
 
 
-def _read(produce: Callable[[], Iterator[Delta]], handoff: queue.Queue, stop: threading.Event) -> None:
+def _read(produce: Callable[[], Iterator[Delta]], handoff: Handoff, stop: threading.Event) -> None:
     deltas = None
     try:
         deltas = produce()
         waiting_for_first = True
         for delta in deltas:
-            if not _offer(handoff, stop, ("delta", delta)):
+            if not handoff.put(("delta", delta), stop):
                 return
             if waiting_for_first and not (delta.heartbeat or delta.is_notice):
                 # Let the writer send the first words now rather than after the rest of this read.
                 time.sleep(0)
                 waiting_for_first = False
-        _offer(handoff, stop, ("end", None))
+        handoff.put(("end", None), stop)
     except BaseException as exc:  # an ApiError above all: raised again where the stream is written
-        _offer(handoff, stop, ("error", exc))
+        handoff.put(("error", exc), stop)
         if not isinstance(exc, Exception):
             raise
     finally:
         if deltas is not None:
             deltas.close()  # releases the upstream connection
-
-
-def _offer(handoff: queue.Queue, stop: threading.Event, item: tuple) -> bool:
-    while not stop.is_set():
-        try:
-            handoff.put(item, timeout=OFFER_RETRY_SECONDS)
-            return True
-        except queue.Full:
-            continue
-    return False
 
 
 # A heartbeat made here, for the client, when the upstream has been silent: unlike the upstream's
@@ -172,6 +215,24 @@ def iter_watched(reply: PacedReply, watch: Watch) -> Iterator[Delta]:
                 yield delta
     finally:
         reply.close()
+
+
+class WatchedReply:
+    """A reply's deltas, and whether the next one is already here (``ready``): what lets a writer
+    send the events of one upstream read in one write without holding any for a later one."""
+
+    def __init__(self, deltas: Iterator[Delta], ready: Callable[[], bool]) -> None:
+        self._deltas = deltas
+        self.ready = ready
+
+    def __iter__(self) -> WatchedReply:
+        return self
+
+    def __next__(self) -> Delta:
+        return next(self._deltas)
+
+    def close(self) -> None:
+        self._deltas.close()
 
 
 def first_deltas(deltas: Iterator[Delta]) -> list[Delta]:

@@ -73,7 +73,7 @@ def create_message() -> Response:
     if chat_request.stream:
         set_write_timeout(config["CLIENT_TIMEOUT"])  # a client that stops reading is dropped
         events = iter_until_stop_sequence(iter_blocks(deltas), stop_sequences)
-        return stream_response(iter_stream_body(events, deltas, meta, scope.redact))
+        return stream_response(iter_stream_body(events, deltas, meta, scope.redact), deltas)
     try:
         events = iter_until_stop_sequence(iter_blocks(iter_bounded(deltas, MAX_REPLY_BYTES)), stop_sequences)
         return jsonify(message_from_events(events, meta))

@@ -68,7 +68,7 @@ def chat_completions() -> Response:
         # A client that stops reading blocks our writes: past CLIENT_TIMEOUT it is dropped, and
         # its upstream with it, rather than holding both past REQUEST_TIMEOUT.
         set_write_timeout(config["CLIENT_TIMEOUT"])
-        return stream_response(iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact))
+        return stream_response(iter_stream_body(deltas, meta, chat_request.include_usage, scope.redact), deltas)
     return jsonify(completion_from_deltas(iter_bounded(deltas, MAX_REPLY_BYTES), meta))
 
 

@@ -62,7 +62,7 @@ def create_response() -> Response:
     deltas = start_watched_reply(scope, provider, chat_request, block_reasoning_format(config), watch)
     if chat_request.stream:
         set_write_timeout(config["CLIENT_TIMEOUT"])  # a client that stops reading is dropped
-        return stream_response(iter_stream_body(iter_blocks(deltas), deltas, meta, scope.redact))
+        return stream_response(iter_stream_body(iter_blocks(deltas), deltas, meta, scope.redact), deltas)
     try:
         return jsonify(response_from_events(iter_blocks(iter_bounded(deltas, MAX_REPLY_BYTES)), meta))
     finally:
