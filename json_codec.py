@@ -2,8 +2,9 @@
 
 orjson is several times faster than the standard library at both ends. It is stricter, so
 whatever it refuses is handed to the standard library, which keeps today's behaviour exactly:
-lone surrogates (a client's ``"\\ud800"``), ``NaN`` and ``Infinity``, integers past 64 bits.
-Nothing but a refusal pays for the second try.
+lone surrogates (a client's ``"\\ud800"``), ``NaN`` and ``Infinity``, and on the way out
+integers past 64 bits. Nothing but a refusal pays for the second try. The one difference left:
+an integer past 64 bits is read as a float (no field of any API here holds one).
 """
 
 from __future__ import annotations
