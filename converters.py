@@ -149,7 +149,7 @@ def _labelled(message: Message, text: str) -> str:
 # --- the reply ---------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)  # one per relayed event: slots make it smaller and quicker to build
 class Delta:
     """One step of a reply: text for the answer or for the reasoning, or the final usage."""
 

@@ -38,6 +38,12 @@ class SseEvent:
 
 def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
     """Split bytes into lines on CR, LF or CRLF, even when a CRLF straddles two chunks."""
+    for lines in iter_line_blocks(chunks, max_line):
+        yield from lines
+
+
+def iter_line_blocks(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[list[bytes]]:
+    """The lines each chunk completes, together: one list per chunk that ends at least one line."""
     pending: list[bytes] = []
     pending_size = 0
     skip_lf = False
@@ -48,13 +54,18 @@ def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Itera
             chunk = chunk[1:]
         # A CR at the end of a chunk ends a line; an LF opening the next chunk belongs to it.
         skip_lf = chunk.endswith(b"\r")
-        pieces = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        pending.append(pieces[0])
-        pending_size += len(pieces[0])
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        pieces = chunk.split(b"\n")
         if len(pieces) > 1:
-            yield b"".join(pending)
-            yield from pieces[1:-1]
-            pending, pending_size = [pieces[-1]], len(pieces[-1])
+            pending.append(pieces[0])
+            pieces[0] = b"".join(pending)
+            rest = pieces.pop()
+            pending, pending_size = [rest], len(rest)
+            yield pieces
+        else:
+            pending.append(chunk)
+            pending_size += len(chunk)
         if pending_size > max_line:
             raise SseLineTooLong(f"an event line longer than {max_line} bytes")
     # A last line with no line break was cut short; the SSE spec discards it.
@@ -72,9 +83,7 @@ def iter_sse_events(chunks: Iterable[bytes], max_event: int = MAX_EVENT_BYTES) -
     data_size = 0
     event = event_id = ""
     one_per_line = False  # learned: this stream writes a whole event on every data: line
-    for raw in iter_lines(chunks):
-        # Decode per complete line so a multi-byte character split across chunks survives.
-        line = raw.decode("utf-8", errors="replace")
+    for raw, line in _decoded_lines(chunks):
         if not line:
             if data:
                 yield SseEvent("\n".join(data), event, event_id)
@@ -104,6 +113,14 @@ def iter_sse_events(chunks: Iterable[bytes], max_event: int = MAX_EVENT_BYTES) -
     if data:
         # Complete data lines with no blank line after them: the stream closed right after an event.
         yield SseEvent("\n".join(data), event, event_id)
+
+
+def _decoded_lines(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, str]]:
+    """Each complete line, as bytes and as text. The lines of one read are decoded at once: a line
+    break never falls inside a UTF-8 character, so this decodes exactly as line by line would,
+    and a character split across two reads survives (only complete lines are decoded)."""
+    for block in iter_line_blocks(chunks):
+        yield from zip(block, b"\n".join(block).decode("utf-8", errors="replace").split("\n"), strict=True)
 
 
 def _stands_alone(data: str) -> bool:

@@ -197,7 +197,7 @@ def parse_frame(data: str) -> dict:
 
 
 def _frame_deltas(frame: dict, state: _QwenState) -> Iterator[Delta]:
-    if any(marker in str(frame.get("ret", "")) for marker in BROWSER_CHECK_MARKERS):
+    if "ret" in frame and any(marker in str(frame["ret"]) for marker in BROWSER_CHECK_MARKERS):
         raise _browser_check_error()  # the anti-bot challenge, sent as an event
     if frame.get("error"):
         raise _in_stream_error(frame["error"], state.credential)
@@ -211,16 +211,18 @@ def _frame_deltas(frame: dict, state: _QwenState) -> Iterator[Delta]:
         return
     if not _of_kept_candidate(frame, state):
         return
-    for key in frame.keys() - KNOWN_FRAME_KEYS:
-        state.drift.note(UNKNOWN_KEY, key=key)
+    if not frame.keys() <= KNOWN_FRAME_KEYS:  # a subset test per frame, a set only for drift
+        for key in frame.keys() - KNOWN_FRAME_KEYS:
+            state.drift.note(UNKNOWN_KEY, key=key)
     choices = frame.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return  # keep-alives and other bookkeeping frames.
     delta = choices[0].get("delta")
     if not isinstance(delta, dict) or delta.get("role") == "function":
         return  # built-in tool frames (web_search results) are never content.
-    for key in delta.keys() - KNOWN_DELTA_KEYS:
-        state.drift.note(UNKNOWN_KEY, key=f"delta.{key}")
+    if not delta.keys() <= KNOWN_DELTA_KEYS:
+        for key in delta.keys() - KNOWN_DELTA_KEYS:
+            state.drift.note(UNKNOWN_KEY, key=f"delta.{key}")
     _track_usage(frame.get("usage"), state)
     yield from _phase_deltas(delta, state)
 
