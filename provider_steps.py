@@ -45,9 +45,13 @@ class Step:
         return f"{self.scheme or scheme}://{self.host or host}"
 
     def names_read(self) -> set[str]:
-        """Environment variables the step's request uses."""
-        sent = [value for _, value in self.headers if value is not None]
-        return set(env_names_in([sent, self.path, self.body or {}]))
+        """Environment variables the step's request uses (found once: every request asks)."""
+        found = self.__dict__.get("_names_read")
+        if found is None:
+            sent = [value for _, value in self.headers if value is not None]
+            found = frozenset(env_names_in([sent, self.path, self.body or {}]))
+            object.__setattr__(self, "_names_read", found)  # frozen, and the answer never changes
+        return set(found)
 
     def names_written(self) -> list[str]:
         """Variables the step's answer replaces, in declaration order."""
