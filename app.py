@@ -6,6 +6,7 @@ Everything else has a home of its own; see README "Development" for the layout a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import ipaddress
 import logging
@@ -127,6 +128,7 @@ def _refuse_web_pages() -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)  # the same few Host names come on every request
 def _is_loopback(host: str) -> bool:
     """``localhost`` or a loopback address written as one (never a name that starts with 127.)."""
     if host == "localhost":

@@ -5,6 +5,7 @@ the cookies an answer sets. Pure: nothing here sends or stores anything.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -29,7 +30,14 @@ def jwt_expiry(token: str) -> float | None:
 def fingerprint(values: Mapping[str, str]) -> str:
     """A short digest of credential values: tells "the operator put new values in .env" from
     "these are the values we started from", without keeping the values themselves."""
-    canonical = json.dumps(sorted(values.items()), separators=(",", ":"))
+    return _digest(tuple(sorted(values.items())))
+
+
+# The same few credentials are fingerprinted on every request; the cache holds in memory only
+# what the environment holds already.
+@functools.lru_cache(maxsize=256)
+def _digest(items: tuple[tuple[str, str], ...]) -> str:
+    canonical = json.dumps(items, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 

@@ -192,17 +192,23 @@ class UpstreamReply:
 
     def iter_bytes(self) -> Iterator[bytes]:
         """Bytes as they arrive: ``read1`` returns whatever is there, so no event is held back."""
+        raw = self._response.raw
         encoded = self.headers.get("Content-Encoding", "").lower() not in ("", "identity")
+        # gzip and deflate are undone by urllib3's reader. A plain stream is read from the
+        # http.client response under it: urllib3's layers cost microseconds per event and add
+        # nothing to a plain body (a failed read is named below, and drops the connection).
+        plain = getattr(raw, "_fp", None) if not encoded else None
+        read = plain.read1 if plain is not None else lambda size: raw.read1(size, decode_content=encoded)
         try:
             while True:
-                # requests leaves decoding to its own readers; gzip and deflate are undone here (and only
-                # then: urllib3's decoding path costs microseconds per event on a plain stream).
-                chunk = self._response.raw.read1(READ_CHUNK, decode_content=encoded)
+                chunk = read(READ_CHUNK)
                 if not chunk:
-                    return
+                    break
                 yield chunk
-        except Exception as exc:  # urllib3 raises its own types; name the failure, never a 500
+        except Exception as exc:  # urllib3 and http.client raise their own types; name the failure, never a 500
             raise self._read_failure(exc) from None
+        if plain is not None and plain.isclosed():
+            raw.release_conn()  # read to its end: the connection goes back to the pool
 
     def _read_failure(self, exc: Exception) -> ApiError:
         """A failed read of the answer: 504 when it went silent, else 502."""

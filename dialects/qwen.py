@@ -177,7 +177,9 @@ def iter_qwen_deltas(
     state = _QwenState(credential, StreamDrift(drift))
     for data in payloads:
         frame = parse_frame(data)
-        yield from _frame_deltas(frame, state)
+        delta = _frame_delta(frame, state)
+        if delta is not None:
+            yield delta
     if not state.finished:
         raise upstream_error("The upstream closed the stream before the reply finished.", code="upstream_truncated")
     if not state.saw_content:
@@ -196,7 +198,9 @@ def parse_frame(data: str) -> dict:
     return frame
 
 
-def _frame_deltas(frame: dict, state: _QwenState) -> Iterator[Delta]:
+def _frame_delta(frame: dict, state: _QwenState) -> Delta | None:
+    """What one frame says, if anything (a frame says one thing at most: a plain call per frame,
+    where a generator would cost more than the work)."""
     if "ret" in frame and any(marker in str(frame["ret"]) for marker in BROWSER_CHECK_MARKERS):
         raise _browser_check_error()  # the anti-bot challenge, sent as an event
     if frame.get("error"):
@@ -204,39 +208,38 @@ def _frame_deltas(frame: dict, state: _QwenState) -> Iterator[Delta]:
     if frame.get("success") is False:
         raise error_from_envelope(frame, state.credential)
     if "response.info" in frame:
-        yield Delta(heartbeat=True)
-        return
+        return Delta(heartbeat=True)
     if "response.created" in frame:
-        yield from _created(as_dict(frame["response.created"]), state)
-        return
+        return _created(as_dict(frame["response.created"]), state)
     if not _of_kept_candidate(frame, state):
-        return
+        return None
     if not frame.keys() <= KNOWN_FRAME_KEYS:  # a subset test per frame, a set only for drift
         for key in frame.keys() - KNOWN_FRAME_KEYS:
             state.drift.note(UNKNOWN_KEY, key=key)
     choices = frame.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return  # keep-alives and other bookkeeping frames.
+        return None  # keep-alives and other bookkeeping frames.
     delta = choices[0].get("delta")
     if not isinstance(delta, dict) or delta.get("role") == "function":
-        return  # built-in tool frames (web_search results) are never content.
+        return None  # built-in tool frames (web_search results) are never content.
     if not delta.keys() <= KNOWN_DELTA_KEYS:
         for key in delta.keys() - KNOWN_DELTA_KEYS:
             state.drift.note(UNKNOWN_KEY, key=f"delta.{key}")
     _track_usage(frame.get("usage"), state)
-    yield from _phase_deltas(delta, state)
+    return _phase_delta(delta, state)
 
 
-def _created(created: dict, state: _QwenState) -> Iterator[Delta]:
+def _created(created: dict, state: _QwenState) -> Delta | None:
     """The first reply opened is the one relayed; the upstream sometimes opens a second candidate."""
     response_id = created.get("response_id")
     if not isinstance(response_id, str) or not response_id:
-        return
+        return None
     if not state.kept_id:
         state.kept_id = response_id
-        yield Delta(response_id=response_id)  # what a later turn names as its parent
-    elif response_id != state.kept_id:
+        return Delta(response_id=response_id)  # what a later turn names as its parent
+    if response_id != state.kept_id:
         _drop_candidate(response_id, _index_shape(created.get("response_index")), state)
+    return None
 
 
 def _of_kept_candidate(frame: dict, state: _QwenState) -> bool:
@@ -267,7 +270,7 @@ def _index_shape(index: Any) -> int | str:
     return int(index) if isinstance(index, (str, int)) and str(index).isdigit() else "unnumbered"
 
 
-def _phase_deltas(delta: dict, state: _QwenState) -> Iterator[Delta]:
+def _phase_delta(delta: dict, state: _QwenState) -> Delta | None:
     phase, status = delta.get("phase"), delta.get("status")
     content = delta.get("content") if isinstance(delta.get("content"), str) else ""
     if phase not in KNOWN_PHASES:
@@ -279,16 +282,17 @@ def _phase_deltas(delta: dict, state: _QwenState) -> Iterator[Delta]:
             _close_round(state)
         if content:
             state.saw_content = True
-            yield Delta(content=content)
-        return
+            return Delta(content=content)
+        return None
     if status == "typing" or content:
         state.finished = False  # more is coming after a finished round (web search, then answer)
     if phase == "think" and content:
-        yield Delta(reasoning=content)
-    elif phase == "thinking_summary":
+        return Delta(reasoning=content)
+    if phase == "thinking_summary":
         new_text = _new_thoughts(delta.get("extra"), state)
         if new_text:
-            yield Delta(reasoning=new_text)
+            return Delta(reasoning=new_text)
+    return None
 
 
 def _new_thoughts(extra: Any, state: _QwenState) -> str:
