@@ -19,6 +19,7 @@ from converters import ApiError, Delta, upstream_error
 
 QUEUE_SIZE = 64  # deltas read ahead of a slow client; past this the reader waits
 OFFER_RETRY_SECONDS = 0.5  # how often a waiting reader checks whether anyone still listens
+PAUSE_SECONDS = 0.002  # items further apart than this are a paced stream, not a burst
 
 
 class Abort:
@@ -49,6 +50,7 @@ class Handoff:
         self._size = size
         self._arrived, self._taken = threading.Event(), threading.Event()
         self._writer_waits = self._reader_waits = False
+        self._last_put = 0.0
 
     def ready(self) -> bool:
         """Whether an item is waiting: taking it will not block."""
@@ -68,8 +70,14 @@ class Handoff:
         if stop.is_set():
             return False
         self._items.append(item)
+        now = time.monotonic()
         if self._writer_waits:
             self._arrived.set()
+            if now - self._last_put > PAUSE_SECONDS:
+                # The first item after a pause goes out now, before the reader reads on; in a
+                # burst the reader goes on, and what it reads meanwhile goes out in one write.
+                time.sleep(0)
+        self._last_put = now
         return True
 
     def get(self, timeout: float) -> tuple | None:
