@@ -21,6 +21,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import fronts
+import status_page
 from converters import ApiError
 from fronts.http import read_body, request_scope
 from redaction import printable
@@ -255,16 +256,28 @@ def _render_unexpected(error: Exception) -> Response:
 
 
 def index() -> Response:
-    """What clients probe before they start, and where a person finds the routes."""
+    """What clients probe before they start, and where a person finds the routes; a browser
+    (asking for HTML before JSON) gets the status page."""
+    if request.method == "GET" and _prefers_html():
+        return Response(status_page.render(health_report()), mimetype="text/html")
     return jsonify({"service": "reverse-api", "status": "ok", "endpoints": ENDPOINTS, "health": "/health"})
+
+
+def _prefers_html() -> bool:
+    """A browser's Accept (text/html first, */* after it); curl's */* and SDKs' JSON get JSON."""
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
 # --- health --------------------------------------------------------------------------------
 
 
 def health() -> Response:
+    return jsonify(health_report())
+
+
+def health_report() -> dict:
     """Per provider: loaded or why not, which credentials are missing (names only), its accounts'
-    states (never a token), and drift.
+    states (never a token), drift, and the last error its requests ended with.
 
     "ok" when every folder loaded and at least one provider has its credentials.
     """
@@ -284,6 +297,7 @@ def health() -> Response:
             "missing_variables": missing,
             "accounts": accounts,
             "drift": scope.drift.snapshot(name),  # what its streams held that the parser did not know
+            "last_error": scope.drift.last_error(name),
         }
         if name in scope.registry.stale:
             providers[name]["reload_error"] = scope.registry.stale[name]  # serving its last good version
@@ -294,7 +308,7 @@ def health() -> Response:
     body = {"status": "ok" if healthy else "degraded", "providers": providers}
     if store_error:
         body["state_store_error"] = store_error
-    return jsonify(body)
+    return body
 
 
 # --- serving -------------------------------------------------------------------------------

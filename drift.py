@@ -77,10 +77,20 @@ def _shown(value: Any) -> Any:
 
 
 class DriftLogs:
-    """One DriftLog per provider, made on first use; kept for the life of the process."""
+    """One DriftLog per provider, made on first use, and the last error each provider's requests
+    ended with (its code, status and time: no text, which may quote the upstream); kept for the
+    life of the process."""
 
     def __init__(self) -> None:
         self._logs: dict[str, DriftLog] = {}
+        self._errors: dict[str, dict] = {}
+
+    def note_error(self, provider: str, code: str, status: int) -> None:
+        self._errors[provider] = {"code": code, "status": status, "at": int(time.time())}
+
+    def last_error(self, provider: str) -> dict | None:
+        found = self._errors.get(provider)
+        return dict(found) if found else None
 
     def of(self, provider: str) -> DriftLog:
         log = self._logs.get(provider)

@@ -10,10 +10,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
+import json_codec
 from converters import ApiError
-from provider_loader import Provider, merge_model_ids
+from placeholders import fill_headers, fill_url_path
+from provider_loader import Provider, ids_from_models_answer, merge_model_ids
+from upstream import UpstreamClient
+from upstream_requests import request_values, without_refresh_cookies
 
 FAILED_REFRESH_RETRY_SECONDS = 60.0
+MODELS_BODY_BYTES = 4 * 1024 * 1024
 # Failures whose messages this service wrote itself (no upstream text in them): safe to log whole.
 OWN_MESSAGES = (ApiError, ValueError, TimeoutError)
 
@@ -82,3 +87,19 @@ def _describe(failure: Exception) -> str:
     if isinstance(failure, OWN_MESSAGES):
         return f"{type(failure).__name__}: {str(failure)[:200]}"
     return type(failure).__name__
+
+
+def fetch_model_ids(upstream: UpstreamClient, provider: Provider, environment: dict, timeout: float) -> list[str]:
+    """Ask the upstream's declared models endpoint; any failure is the caller's to absorb."""
+    endpoint = provider.models_endpoint
+    values = request_values(environment, "", "", time.time())
+    # No chat exists here: headers naming one (Referer .../c/${chat_id}) are left out.
+    headers = fill_headers(provider.request.headers, values, provider.optional_variables | {"chat_id"})
+    headers = without_refresh_cookies(provider, headers)
+    url = provider.base_url + fill_url_path(endpoint["path"], values)
+    with upstream.send(provider.name, endpoint["method"], url, headers, timeout=timeout) as reply:
+        if 300 <= reply.status < 400:
+            raise ValueError(f"the models endpoint answered HTTP {reply.status}, a redirect, which is not followed")
+        if reply.status >= 400:
+            raise ValueError(f"the models endpoint answered HTTP {reply.status}")
+        return ids_from_models_answer(json_codec.loads(reply.read_within(timeout, MODELS_BODY_BYTES)), endpoint)

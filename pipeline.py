@@ -34,14 +34,13 @@ from converters import (
 from dialects import DIALECTS
 from dialects.contract import Dialect, Plan, UpstreamAnswer, UpstreamCall
 from keepalive import PacedReply, Watch, WatchedReply, first_deltas, iter_watched
-from placeholders import fill_headers, fill_url_path
-from provider_loader import Provider, ids_from_models_answer
+from provider_loader import Provider
 from redaction import Redactor, redact_headers
 from refresh import RETRY_AFTER_FAILURE_SECONDS, refresh_account
 from state import StateError
 from streaming import SseLineTooLong, iter_data, iter_sse_events
 from tool_emulation import iter_reply_with_tools
-from upstream import UpstreamClient, UpstreamReply
+from upstream import UpstreamReply
 from upstream_requests import (
     fill_template,
     request_headers,
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     from services import RequestScope
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-MODELS_BODY_BYTES = 4 * 1024 * 1024
 
 log = logging.getLogger("reverse_api")
 
@@ -129,11 +127,22 @@ def start_watched_reply(
         deltas = iter_remembering(iter_reply_with_tools(open_attempt, chat_request, native), remember)
         if turn.continuation:
             deltas = _restoring(scope, provider, chat_request, turn, turn.continuation, deltas)
-        return iter_reasoning_format(deltas, reasoning_format)
+        return _noting_errors(scope, provider, iter_reasoning_format(deltas, reasoning_format))
 
     paced = PacedReply(produce)
     deltas = iter_watched(paced, watch)
     return WatchedReply(_prepend(first_deltas(deltas), deltas), paced.ready)
+
+
+def _noting_errors(scope: RequestScope, provider: Provider, deltas: Iterator[Delta]) -> Iterator[Delta]:
+    """The reply, its error (before or after the first delta) kept as the provider's last one
+    for /health; a client that left is no error of the provider's."""
+    try:
+        yield from deltas
+    except ApiError as exc:
+        if exc.code != "client_gone":
+            scope.drift.note_error(provider.name, exc.code, exc.status)
+        raise
 
 
 def open_reply(
@@ -442,25 +451,6 @@ def _prepend(first: list[Delta], rest: Iterator[Delta]) -> Iterator[Delta]:
         yield from rest
     finally:
         rest.close()
-
-
-# --- model lists -----------------------------------------------------------------------------
-
-
-def fetch_model_ids(upstream: UpstreamClient, provider: Provider, environment: dict, timeout: float) -> list[str]:
-    """Ask the upstream's declared models endpoint; any failure is the caller's to absorb."""
-    endpoint = provider.models_endpoint
-    values = request_values(environment, "", "", time.time())
-    # No chat exists here: headers naming one (Referer .../c/${chat_id}) are left out.
-    headers = fill_headers(provider.request.headers, values, provider.optional_variables | {"chat_id"})
-    headers = without_refresh_cookies(provider, headers)
-    url = provider.base_url + fill_url_path(endpoint["path"], values)
-    with upstream.send(provider.name, endpoint["method"], url, headers, timeout=timeout) as reply:
-        if 300 <= reply.status < 400:
-            raise ValueError(f"the models endpoint answered HTTP {reply.status}, a redirect, which is not followed")
-        if reply.status >= 400:
-            raise ValueError(f"the models endpoint answered HTTP {reply.status}")
-        return ids_from_models_answer(json.loads(reply.read_within(timeout, MODELS_BODY_BYTES)), endpoint)
 
 
 # --- filling and sending ---------------------------------------------------------------------

@@ -13,8 +13,7 @@ from pathlib import Path
 from accounts import AccountBook
 from conversations import ConversationBook
 from drift import DriftLogs
-from model_catalog import ModelCatalog
-from pipeline import fetch_model_ids
+from model_catalog import ModelCatalog, fetch_model_ids
 from provider_loader import Provider, Registry, default_providers_dir, folder_signature, load_providers
 from redaction import Redactor
 from settings import EnvFile, account_numbers, read_variables

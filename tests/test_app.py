@@ -60,6 +60,7 @@ def test_health_reports_providers_without_secret_values(client):
             }
         ],
         "drift": no_drift,
+        "last_error": None,
     }
     assert TOKEN not in response.get_data(as_text=True)
 

@@ -36,7 +36,7 @@ LAYERS = [
     {"settings", "provider_loader", "provider_steps", "upstream", "upstream_requests", "model_catalog", "state"},
     {"accounts", "conversations", "refresh", "pipeline", "routing", "services"},  # one request's work
     {"fronts"},  # the client APIs
-    {"app", "probe"},  # the app and its commands
+    {"app", "probe", "status_page"},  # the app, its commands and its status page
 ]
 IMPORTER = "importer"  # beside the service: may use the first two layers, and nothing uses it
 PURE = LAYERS[0]
