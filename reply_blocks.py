@@ -47,6 +47,14 @@ class KeepAlive:
     """The upstream is alive with nothing to say yet."""
 
 
+class Held:
+    """A delta came and is held for now (text that may begin a stop sequence): a writer holding
+    frames learns that nothing more comes of what arrived, and sends what it holds."""
+
+
+HELD = Held()
+
+
 @dataclass(frozen=True)
 class ReplyEnd:
     usage: dict | None  # the upstream's usage (OpenAI's field names), None when it gave none
@@ -54,7 +62,7 @@ class ReplyEnd:
     stop_sequence: str | None = None  # which of the client's stop sequences ended the answer
 
 
-BlockEvent = BlockStart | BlockDelta | BlockStop | KeepAlive | ReplyEnd
+BlockEvent = BlockStart | BlockDelta | BlockStop | KeepAlive | Held | ReplyEnd
 
 
 @dataclass
@@ -170,6 +178,8 @@ def iter_until_stop_sequence(events: Iterable[BlockEvent], sequences: tuple[str,
         if out:
             shown.append(out)
             yield BlockDelta(event.index, TEXT, out)
+        else:
+            yield HELD
 
 
 def _first_match(text: str, sequences: tuple[str, ...]) -> tuple[int, str] | None:

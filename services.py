@@ -128,14 +128,14 @@ class Redactors:
     """
 
     def __init__(self) -> None:
-        self._basis: tuple[Registry, dict] | None = None
-        self._made: dict[str | None, Redactor] = {}
+        # One tuple, replaced whole: a thread never sees a new basis with the old redactors.
+        self._state: tuple[Registry | None, dict | None, dict[str | None, Redactor]] = (None, None, {})
 
     def of(self, registry: Registry, file_values: dict[str, str], provider: Provider | None) -> Redactor:
-        basis = self._basis
-        if basis is None or basis[0] is not registry or basis[1] is not file_values:
-            self._basis, self._made = (registry, file_values), {}
-        made = self._made
+        known_registry, known_values, made = self._state
+        if known_registry is not registry or known_values is not file_values:
+            made = {}
+            self._state = (registry, file_values, made)
         key = provider.name if provider else None
         found = made.get(key)
         if found is None:

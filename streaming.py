@@ -194,12 +194,14 @@ def iter_sse_bytes(objects: Iterable[dict | bytes | None]) -> Iterator[bytes]:
 def iter_coalesced(frames: Iterator[bytes], more_ready: Callable[[], bool]) -> Iterator[bytes]:
     """Frames joined into one write while the reply already holds what comes next: the events of
     one upstream read go out together (one write, one TCP segment, not one per event), and a
-    frame is never held once nothing more is waiting."""
+    frame is never held once nothing more is waiting. An empty frame is a front saying that a
+    delta made nothing (it holds it): what is held goes out then, if nothing more is waiting."""
     held: list[bytes] = []
     try:
         for frame in frames:
-            held.append(frame)
-            if not more_ready():
+            if frame:
+                held.append(frame)
+            if held and not more_ready():
                 yield held[0] if len(held) == 1 else b"".join(held)
                 held = []
         if held:

@@ -12,6 +12,7 @@ bookkeeping) is wanted here. That machinery was over half the service's CPU per 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import socket
 import threading
@@ -85,6 +86,15 @@ class UpstreamClient:
             raise _unreachable(urlsplit(url).netloc, exc) from None
         except requests.RequestException as exc:
             raise _unreachable(urlsplit(url).netloc, exc) from None
+        except ValueError:  # http.client refusing a header name or value: the folder's, never shown (a secret)
+            raise ApiError(
+                f"The request to {urlsplit(url).netloc} could not be sent: a header name or value of the provider "
+                "folder is not valid HTTP.",
+                status=503,
+                type="server_error",
+                code="provider_misconfigured",
+                retryable=False,
+            ) from None
         return UpstreamReply(response, timeout)
 
     def close(self) -> None:
@@ -105,7 +115,7 @@ def prepared_request(method: str, url: str, headers: dict, payload: Any = None) 
     """The request as requests' transport sends it. ``url`` is already safe to send (built from a
     folder's host and a checked, percent-encoded path) and ``headers`` are checked values."""
     prepared = requests.PreparedRequest()
-    prepared.method = method
+    prepared.method = method.upper()  # as requests would: a folder may write "get"
     prepared.url = url
     prepared.headers = CaseInsensitiveDict(DEFAULT_HEADERS)
     prepared.headers.update(headers)
@@ -115,7 +125,7 @@ def prepared_request(method: str, url: str, headers: dict, payload: Any = None) 
         if "Content-Type" not in prepared.headers:
             prepared.headers["Content-Type"] = "application/json"
         prepared.headers["Content-Length"] = str(len(prepared.body))
-    elif method not in BODYLESS_METHODS:
+    elif prepared.method not in BODYLESS_METHODS:
         prepared.headers["Content-Length"] = "0"
     return prepared
 
@@ -198,6 +208,8 @@ class UpstreamReply:
         # http.client response under it: urllib3's layers cost microseconds per event and add
         # nothing to a plain body (a failed read is named below, and drops the connection).
         plain = getattr(raw, "_fp", None) if not encoded else None
+        if not isinstance(plain, http.client.HTTPResponse):  # a mock's body, or urllib3 changed: its own path
+            plain = None
         read = plain.read1 if plain is not None else lambda size: raw.read1(size, decode_content=encoded)
         try:
             while True:
@@ -207,8 +219,11 @@ class UpstreamReply:
                 yield chunk
         except Exception as exc:  # urllib3 and http.client raise their own types; name the failure, never a 500
             raise self._read_failure(exc) from None
-        if plain is not None and plain.isclosed():
-            raw.release_conn()  # read to its end: the connection goes back to the pool
+        if plain is not None:
+            if plain.length:  # a Content-Length not reached: the upstream went before the end it announced
+                raise self._read_failure(http.client.IncompleteRead(b"", plain.length))
+            plain.close()  # read to its end (http.client leaves a full Content-Length body open)
+            raw.release_conn()  # so the connection goes back to the pool
 
     def _read_failure(self, exc: Exception) -> ApiError:
         """A failed read of the answer: 504 when it went silent, else 502."""

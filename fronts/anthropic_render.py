@@ -26,6 +26,7 @@ from reply_blocks import (
     BlockEvent,
     BlockStart,
     BlockStop,
+    Held,
     KeepAlive,
     ReplyEnd,
 )
@@ -215,7 +216,8 @@ def iter_stream_body(
     events: Iterator[BlockEvent], deltas: Iterator, meta: MessageMeta, redact: Redactor
 ) -> Iterator[bytes]:
     """The Messages event stream; an error after the first byte becomes an ``error`` event."""
-    frames = (format_event(name, data) for name, data in iter_stream_events(events, meta))
+    # A held delta is an empty frame: no bytes, only the writer told that nothing more is coming now.
+    frames = (format_event(name, data) if name else b"" for name, data in iter_stream_events(events, meta))
 
     def error_event(error: ApiError) -> bytes:
         return format_event("error", error_body(error, redact, meta.request_id))
@@ -231,6 +233,8 @@ def iter_stream_events(events: Iterable[BlockEvent], meta: MessageMeta) -> Itera
     for event in events:
         if isinstance(event, KeepAlive):
             yield "ping", {"type": "ping"}
+        elif isinstance(event, Held):
+            yield "", {}
         elif isinstance(event, BlockStart):
             yield from _block_start(event)
         elif isinstance(event, BlockDelta):

@@ -254,3 +254,59 @@ def test_a_stream_is_blanked_with_its_own_providers_secrets_and_errors_with_ever
     replacement.write_text("QWEN_TOKEN=qwen-secret-second-0123\n")
     replacement.replace(env_file)  # a new file, as the importer writes it
     assert services.scope().redact_for(qwen)("qwen-secret-second-0123") == "[redacted]"
+
+
+def test_an_empty_frame_says_nothing_more_came_and_what_is_held_goes_out():
+    waiting = [True, False]  # after "Hello" the next delta was there, after it nothing
+    frames = iter([b"Hello", b"", b"later"])
+    written = []
+    for write in iter_coalesced(frames, lambda: waiting.pop(0) if waiting else False):
+        written.append(write)
+        if write == b"Hello":
+            break  # it went out before the frame that came after a wait
+    assert written == [b"Hello"]
+
+
+def test_text_held_for_a_stop_sequence_tells_the_writer():
+    from converters import Delta
+    from reply_blocks import HELD, iter_blocks, iter_until_stop_sequence
+
+    events = list(iter_until_stop_sequence(iter_blocks([Delta(content="Hello"), Delta(content="E")]), ("END",)))
+    assert HELD in events  # "E" may begin "END": held, and said so
+
+
+def content_length_upstream(body: bytes, announced: int) -> tuple[socket.socket, threading.Thread]:
+    """A one-answer upstream: an SSE head announcing ``announced`` bytes, then ``body`` and a close."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {announced}\r\n\r\n"
+            conn.sendall(head.encode() + body)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(("missing", "fails"), [(0, False), (100, True)])
+def test_a_body_short_of_its_content_length_is_a_failed_read_not_an_end(missing, fails):
+    body = b"data: {}\n\n"
+    server, thread = content_length_upstream(body, len(body) + missing)
+    client = UpstreamClient(pool_size=2, timeout=5)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/s"
+    with server, client.send("p", "POST", url, {}, {"q": 1}) as reply:
+        if fails:
+            with pytest.raises(Exception) as caught:
+                b"".join(reply.iter_bytes())
+            assert caught.value.code == "upstream_disconnected"
+        else:
+            assert b"".join(reply.iter_bytes()) == body
+    thread.join(5)
+
+
+def test_a_lower_case_method_is_sent_upper_case():
+    assert prepared_request("get", "http://h/x", {}).method == "GET"
+    assert "Content-Length" not in prepared_request("get", "http://h/x", {}).headers
