@@ -52,6 +52,11 @@ class ModelCatalog:
             found[provider.name] = merge_model_ids(provider.models, upstream)
         return found
 
+    def fresh_list(self, provider: Provider) -> list[str] | None:
+        """The provider's upstream list when it has one and it is fresh (no upstream call)."""
+        expires, ids = self._cache.get(provider.name, (0.0, []))
+        return ids if ids and time.monotonic() < expires else None
+
     def owner(self, model: str, providers: list[Provider]) -> Provider | None:
         """The first provider whose last upstream list names the model (no upstream call)."""
         return next((p for p in providers if model in self._cached(p.name)), None)

@@ -48,7 +48,10 @@ KNOWN_METADATA_KEYS = frozenset(
         "extra_variables",
     }
 )
-KNOWN_MODELS_ENDPOINT_KEYS = frozenset({"method", "path", "list_field", "id_field"})
+KNOWN_MODELS_ENDPOINT_KEYS = frozenset({"method", "path", "list_field", "id_field", "thinking_field"})
+# A listed model whose ``thinking_field`` is true is also offered as "<id>-thinking" (its thinking mode).
+THINKING_SUFFIX = "-thinking"
+BEARER_PLACEHOLDER = re.compile(r"(?i:bearer)\s+\$\{([A-Z_][A-Z0-9_]*)\}")
 
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -153,6 +156,18 @@ class Provider:
             names |= self.create_chat.names_read()
         return tuple(sorted(names))
 
+    @cached_property
+    def bearer_variables(self) -> frozenset[str]:
+        """Variables a header sends right after ``Bearer `` (``Authorization: Bearer ${QWEN_TOKEN}``):
+        a value pasted with its own prefix would go out as ``Bearer Bearer ...``."""
+        headers = [value for _, value in self.request.headers]
+        return frozenset(match.group(1) for value in headers for match in BEARER_PLACEHOLDER.finditer(value))
+
+    @property
+    def jwt_variable(self) -> str:
+        """The variable whose JWT expiry drives the refresh step: it must hold a JWT."""
+        return self.refresh.token_variable if self.refresh is not None else ""
+
     def matches_pattern(self, model: str) -> bool:
         lowered = model.lower()
         return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in self.patterns)
@@ -236,8 +251,26 @@ def ids_from_models_answer(data: Any, endpoint: Mapping[str, str]) -> list[str]:
     items = dig(data, endpoint["list_field"])
     if not isinstance(items, list):
         raise ValueError(f"no list at '{endpoint['list_field']}' in the models answer")
-    id_field = endpoint["id_field"]
-    return [item[id_field] for item in items if isinstance(item, dict) and isinstance(item.get(id_field), str)]
+    id_field, thinking_field = endpoint["id_field"], endpoint.get("thinking_field")
+    ids = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get(id_field), str):
+            ids.append(item[id_field])
+            if thinking_field and dig(item, thinking_field) is True:
+                ids.append(item[id_field] + THINKING_SUFFIX)  # so model pickers offer the thinking mode
+    return ids
+
+
+def determine_provider(providers: Mapping[str, Provider], model: str) -> Provider | None:
+    """Pick the provider for a model: explicit model lists first, then patterns; ties alphabetical."""
+    ordered = [providers[name] for name in sorted(providers)]
+    for provider in ordered:
+        if model in provider.models:
+            return provider
+    for provider in ordered:
+        if provider.matches_pattern(model):
+            return provider
+    return None
 
 
 def merge_model_ids(listed: Iterable[str], fetched: Iterable[str]) -> list[str]:
@@ -346,6 +379,8 @@ def _models_endpoint(folder: Path, spec: Any) -> dict | None:
         raise ProviderError(f"{source}: 'path' must start with '/'")
     if not all(isinstance(endpoint[key], str) for key in ("method", "list_field", "id_field")):
         raise ProviderError(f"{source}: 'method', 'list_field' and 'id_field' must be strings")
+    if not isinstance(endpoint.get("thinking_field", ""), str):
+        raise ProviderError(f"{source}: 'thinking_field' must be a string (a dotted path)")
     return endpoint
 
 

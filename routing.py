@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
 
 from converters import ApiError
 from model_catalog import ModelCatalog
-from provider_loader import Provider, Registry, is_plain_name
+from provider_loader import THINKING_SUFFIX, Provider, Registry, determine_provider, is_plain_name
 
 
 def sorted_providers(registry: Registry) -> list[Provider]:
     return [registry.providers[name] for name in sorted(registry.providers)]
-
-
-def determine_provider(providers: Mapping[str, Provider], model: str) -> Provider | None:
-    """Pick the provider for a model: explicit model lists first, then patterns; ties alphabetical."""
-    ordered = [providers[name] for name in sorted(providers)]
-    for provider in ordered:
-        if model in provider.models:
-            return provider
-    for provider in ordered:
-        if provider.matches_pattern(model):
-            return provider
-    return None
 
 
 def find_provider(registry: Registry, models: ModelCatalog, model: str) -> Provider | None:
@@ -42,6 +30,7 @@ def resolve_provider(registry: Registry, models: ModelCatalog, name: str | None,
                 param="model",
                 code="provider_not_found",
             )
+        check_model_known(models, provider, model)
         return provider
     if not is_plain_name(name):
         raise ApiError("'provider' must be a plain provider folder name.", param="provider", code="invalid_provider")
@@ -63,3 +52,23 @@ def resolve_provider(registry: Registry, models: ModelCatalog, name: str | None,
             code="provider_not_found",
         )
     return registry.providers[name]
+
+
+def check_model_known(models: ModelCatalog, provider: Provider, model: str) -> None:
+    """A model only a pattern matched, which the provider's fresh upstream list does not hold, is
+    a 404 naming the closest ids, not a request sent upstream for a model nobody has (a typo)."""
+    listed = models.fresh_list(provider)
+    if model in provider.models or listed is None or model in listed:
+        return
+    known = list(dict.fromkeys([*provider.models, *listed]))
+    if model.removesuffix(THINKING_SUFFIX) in known:  # a thinking variant the list did not spell out
+        return
+    close = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(m) for m in close)}?" if close else ""
+    raise ApiError(
+        f"The model '{model}' does not exist at provider \"{provider.name}\" (its upstream lists {len(known)} "
+        f"models; GET /v1/models shows them).{hint}",
+        status=404,
+        param="model",
+        code="model_not_found",
+    )

@@ -54,7 +54,13 @@ def folder_metadata(base_url: str, path: str, create: tuple[str, Any] | None) ->
         create_chat["body"] = create[1] if isinstance(create[1], dict) else create_chat["body"]
     return {
         "message_mode": "single",
-        "models_endpoint": {"method": "GET", "path": "/api/models", "list_field": "data", "id_field": "id"},
+        "models_endpoint": {
+            "method": "GET",
+            "path": "/api/models",
+            "list_field": "data",
+            "id_field": "id",
+            "thinking_field": "info.meta.capabilities.thinking",
+        },
         "create_chat": create_chat,
     }
 

@@ -30,7 +30,8 @@ from fronts.openai_render import (
 from keepalive import Watch
 from pipeline import start_watched_reply
 from provider_loader import Provider
-from routing import find_provider, resolve_provider, sorted_providers
+from routing import check_model_known, find_provider, resolve_provider, sorted_providers
+from services import RequestScope
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # OpenAI's older spellings of the neutral roles.
@@ -57,7 +58,16 @@ def owns(path: str) -> bool:
 
 def chat_completions() -> Response:
     scope = request_scope()
-    chat_request = parse_chat_request(json_body())
+    body = json_body()
+    chat_request = parse_chat_request(body)
+    response = _answer(scope, chat_request)
+    ignored = ignored_fields(body)
+    if ignored:  # so a user can see why the answer differs from what OpenAI would give
+        response.headers["x-ignored-fields"] = ", ".join(ignored)
+    return response
+
+
+def _answer(scope: RequestScope, chat_request: ChatRequest) -> Response:
     provider = resolve_provider(scope.registry, scope.models, chat_request.provider, chat_request.model)
     meta = CompletionMeta.new(chat_request.model)
     config = current_app.config
@@ -85,6 +95,7 @@ def retrieve_model(model_id: str) -> Response:
     provider = find_provider(scope.registry, scope.models, model_id)
     if provider is None:
         raise ApiError(f"The model '{model_id}' does not exist.", status=404, param="model", code="model_not_found")
+    check_model_known(scope.models, provider, model_id)  # what a chat with this model would be told
     return jsonify(model_object(model_id, provider))
 
 
@@ -93,6 +104,21 @@ def model_object(model_id: str, provider: Provider) -> dict:
 
 
 # --- the request -------------------------------------------------------------------------
+
+
+def ignored_fields(body: dict) -> list[str]:
+    """Fields the upstream cannot honour that change what an answer is: more than one choice,
+    JSON asked for by response_format, log probabilities. (The rest of what is ignored, such as
+    temperature, changes how an answer reads, not what it is.)"""
+    ignored = []
+    if isinstance(body.get("n"), int) and body["n"] > 1:
+        ignored.append("n")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+        ignored.append("response_format")
+    if body.get("logprobs") is True or body.get("top_logprobs"):
+        ignored.append("logprobs")
+    return ignored
 
 
 def parse_chat_request(body: Any) -> ChatRequest:

@@ -123,8 +123,9 @@ def valid_messages(part_strategy) -> st.SearchStrategy:
 
 text_only_messages = valid_messages(text_parts)
 any_part_messages = valid_messages(st.one_of(text_parts, text_parts, text_parts, other_parts))
+# White space at either end is refused (it would reach the upstream as a model nobody has).
 valid_models = st.text(alphabet=st.characters(min_codepoint=0x20, exclude_characters="\x7f"), min_size=1).filter(
-    lambda m: m.strip() != ""
+    lambda m: m.strip() != "" and m == m.strip()
 )
 unknown_keys = st.dictionaries(
     texts.filter(lambda k: k not in {"model", "messages", "stream", "stream_options", "provider", "reasoning_effort"}),
