@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from converters import ApiError
-from credentials import fingerprint, jwt_expiry
+from credentials import fingerprint, is_jwt, jwt_expiry, without_bearer
 from provider_loader import Provider
 from settings import account_numbers, read_variables
 from state import StateError, Store
@@ -34,6 +34,7 @@ EXHAUSTED = "accounts_exhausted"
 RETIRED_KEPT = 32  # fingerprints of refresh tokens already rotated away, never to be sent again
 
 log = logging.getLogger("reverse_api")
+_WARNED_PREFIXES: set[str] = set()  # each variable pasted with "Bearer " is warned about once
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,20 @@ class Account:
             return False
         expires = self.expires_at()
         return not self.values.get(self.token_variable) or expires is not None and expires - now < leeway
+
+    def token_check(self, now: float) -> str | None:
+        """What the token looks like, told without asking the upstream: "ok", "not_a_jwt" where
+        the provider expects a JWT, "expired" (with no refresh to renew it), or None (nothing to tell)."""
+        name = self.provider.jwt_variable
+        token = self.values.get(name, "") if name else ""
+        if not token:
+            return None
+        if not is_jwt(token):
+            return "not_a_jwt"
+        expires = jwt_expiry(token)
+        if expires is not None and expires <= now and not self.refreshable:
+            return "expired"
+        return "ok"
 
     def state(self, now: float, leeway: float) -> str:
         if self.record.get("needs_recapture") == self.source:
@@ -184,6 +199,8 @@ class AccountBook:
         names = provider.variable_names()
         found = read_variables([name + suffix for name in names], file_values)
         env_values = {name: found[name + suffix] for name in names if name + suffix in found}
+        for name in provider.bearer_variables & env_values.keys():
+            env_values[name] = _without_pasted_prefix(provider, name + suffix, env_values[name])
         return Account(provider, account_id, env_values, self.store.get(f"account:{provider.name}:{account_id}") or {})
 
     # --- choosing ----------------------------------------------------------------------------
@@ -329,7 +346,23 @@ class AccountBook:
             "cooldown_until": account.record["cooldown_until"] if cooling else None,
             "reason": account.record.get("cooldown_reason") if cooling else None,
             "in_flight": self.store.count_leases(account.lease_group),
+            "token_check": account.token_check(now),
         }
+
+
+def _without_pasted_prefix(provider: Provider, variable: str, value: str) -> str:
+    """A token pasted as ``Bearer eyJ...`` where the folder writes ``Bearer ${...}`` itself: used
+    without the duplicate, and the operator told once."""
+    bare = without_bearer(value)
+    if bare != value and variable not in _WARNED_PREFIXES:
+        _WARNED_PREFIXES.add(variable)
+        log.warning(
+            "%s holds its 'Bearer ' prefix; provider %s adds it itself, so it is sent once. "
+            "Remove the prefix from the value in .env.",
+            variable,
+            provider.name,
+        )
+    return bare
 
 
 def _cooling_error(provider: Provider, first_back: Account, now: float) -> ApiError:

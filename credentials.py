@@ -27,6 +27,24 @@ def jwt_expiry(token: str) -> float | None:
     return None
 
 
+def is_jwt(token: str) -> bool:
+    """Three base64url parts whose first is a JSON header naming its algorithm: what a JWT looks like."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(header, dict) and "alg" in header
+
+
+def without_bearer(value: str) -> str:
+    """A credential pasted with its ``Bearer `` prefix (a whole Authorization value), without it."""
+    head, _, rest = value.partition(" ")
+    return rest.strip() if head.lower() == "bearer" and rest.strip() else value
+
+
 def fingerprint(values: Mapping[str, str]) -> str:
     """A short digest of credential values: tells "the operator put new values in .env" from
     "these are the values we started from", without keeping the values themselves."""

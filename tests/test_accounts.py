@@ -146,6 +146,7 @@ def test_a_token_that_is_not_a_jwt_is_used_as_it_is(make_app, env_file, fake_qwe
         "cooldown_until": None,
         "reason": None,
         "in_flight": 0,
+        "token_check": "not_a_jwt",  # used as it is, and /health says what it is
     }
 
 

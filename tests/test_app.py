@@ -57,6 +57,7 @@ def test_health_reports_providers_without_secret_values(client):
                 "cooldown_until": None,
                 "reason": None,
                 "in_flight": 0,
+                "token_check": "not_a_jwt",  # Qwen's refresh reads its expiry: it should be one
             }
         ],
         "drift": no_drift,
