@@ -6,12 +6,14 @@ Everything else has a home of its own; see README "Development" for the layout a
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hmac
 import ipaddress
 import logging
 import math
 import os
+import socket
 import sys
 import time
 import uuid
@@ -97,6 +99,8 @@ def _start_request() -> None:
 
 def _finish_request(response: Response) -> Response:
     response.headers["x-request-id"] = g.get("request_id", "")
+    if response.is_streamed:
+        return response  # its line is written when it ends (fronts.http.stream_response)
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
     path = printable(request.path)  # a %0a in the URL must not write a line of its own
     log.info("%s %s %s %d %.1fms", g.get("request_id"), request.method, path, response.status_code, elapsed)
@@ -209,7 +213,7 @@ def _add_cors_headers(response: Response) -> Response:
     if not origin or not (origin in allowed or "*" in allowed):
         return response
     response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
-    response.headers["Access-Control-Expose-Headers"] = "x-request-id"
+    response.headers["Access-Control-Expose-Headers"] = "x-request-id, x-ignored-fields"
     response.vary.add("Origin")
     if request.method == "OPTIONS":
         # Authorization must be named: the * wildcard does not cover it.
@@ -339,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(probe.main(args[1:], settings))
     _check_state_store(settings)
+    _check_port_free(settings["HOST"], settings["PORT"])
     warning = exposure_warning(settings["HOST"], settings["API_KEYS"])
     if warning:
         log.warning(warning)
@@ -350,6 +355,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     # A fresh interpreter, so the gevent worker patches sockets before anything imports them.
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", *gunicorn_args(settings), "app:create_app()"])
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """One line naming PORT when the port is taken (or HOST cannot be listened on), rather than
+    gunicorn's retries and traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe_socket:
+        probe_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe_socket.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                sys.exit(f"PORT={port} is already in use on {host}: stop what listens there, or set another PORT.")
+            sys.exit(f"Cannot listen on HOST={host} PORT={port}: {exc.strerror or exc}.")
 
 
 def _check_state_store(settings: dict) -> None:
@@ -382,6 +401,9 @@ def gunicorn_args(settings: dict) -> list[str]:
         # keep-alive connections and half-sent headers alike): CLIENT_TIMEOUT is that bound.
         f"--keep-alive={max(1, math.ceil(settings['CLIENT_TIMEOUT']))}",  # whole seconds, for gunicorn
         f"--log-level={settings['LOG_LEVEL'].lower()}",
+        # Its hooks: a worker stopped at once ends its streams with an error event. A path, as
+        # gunicorn reads it before --chdir: "python:serving" would not be found from elsewhere.
+        f"--config={Path(__file__).resolve().with_name('serving.py')}",
     ]
 
 

@@ -19,7 +19,9 @@ from converters import ApiError, Delta, upstream_error
 
 QUEUE_SIZE = 64  # deltas read ahead of a slow client; past this the reader waits
 OFFER_RETRY_SECONDS = 0.5  # how often a waiting reader checks whether anyone still listens
+CLIENT_GONE = "client_gone"
 PAUSE_SECONDS = 0.002  # items further apart than this are a paced stream, not a burst
+_OPEN_REPLIES: weakref.WeakSet = weakref.WeakSet()  # the replies being read, for end_open_replies
 
 
 class Abort:
@@ -80,6 +82,11 @@ class Handoff:
         self._last_put = now
         return True
 
+    def put_now(self, item: tuple) -> None:
+        """Hand ``item`` over past the bound, from any thread (the service is stopping)."""
+        self._items.append(item)
+        self._arrived.set()
+
     def get(self, timeout: float) -> tuple | None:
         """The next item, or None when none came within ``timeout`` seconds."""
         if not self._items:
@@ -96,6 +103,13 @@ class Handoff:
         return item
 
 
+def end_open_replies(error: ApiError) -> None:
+    """Give every reply still being written ``error`` after what it holds: the service is stopping
+    at once, and its clients get an error event rather than a silent cut."""
+    for reply in list(_OPEN_REPLIES):
+        reply.interrupt(error)
+
+
 class PacedReply:
     """Deltas produced by a reader thread; ``next_within`` gives None when nothing came in time.
 
@@ -107,6 +121,7 @@ class PacedReply:
         self._stop = threading.Event()
         self._abort = Abort()
         self._finished = False
+        _OPEN_REPLIES.add(self)
         # The reader holds no reference to this object: once the stream is dropped, the reader stops.
         weakref.finalize(self, self._stop.set)
         abort = self._abort
@@ -134,6 +149,11 @@ class PacedReply:
     def ready(self) -> bool:
         """Whether the next delta (or the end) is already here: a writer may join it to what it holds."""
         return self._handoff.ready()
+
+    def interrupt(self, error: ApiError) -> None:
+        """End the reply with ``error`` now, whatever the reader is doing."""
+        self._stop.set()
+        self._handoff.put_now(("error", error))
 
     def close(self) -> None:
         """Nobody listens any more: stop the reader and, if the reply was still coming, cut the
@@ -174,7 +194,7 @@ POLL_SECONDS = 1.0  # how often a waiting request looks whether its client is st
 
 def client_gone() -> ApiError:
     """The client closed its connection: nobody waits for this reply any more (499, as nginx logs it)."""
-    return ApiError("The client closed the connection before the reply was complete.", status=499, code="client_gone")
+    return ApiError("The client closed the connection before the reply was complete.", status=499, code=CLIENT_GONE)
 
 
 @dataclass(frozen=True)
@@ -232,12 +252,20 @@ class WatchedReply:
     def __init__(self, deltas: Iterator[Delta], ready: Callable[[], bool]) -> None:
         self._deltas = deltas
         self.ready = ready
+        self.ended = ""  # how the reply ended, for the request's log line: completed, client_left, error <code>
 
     def __iter__(self) -> WatchedReply:
         return self
 
     def __next__(self) -> Delta:
-        return next(self._deltas)
+        try:
+            return next(self._deltas)
+        except StopIteration:
+            self.ended = "completed"
+            raise
+        except ApiError as exc:
+            self.ended = "client_left" if exc.code == CLIENT_GONE else f"error {exc.code}"
+            raise
 
     def close(self) -> None:
         self._deltas.close()

@@ -6,6 +6,7 @@ The one place that reads the environment and ``.env``; the service and the impor
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from converters import REASONING_FORMATS
 
@@ -105,6 +107,7 @@ class EnvFile:
             # No ${} expansion: values come back exactly as the importer wrote them.
             found = dotenv_values(self.path, interpolate=False) if version else {}
             self._version, self._values = version, {k: v for k, v in found.items() if v is not None}
+            _note_unreadable(self.path, version)
         return self._values
 
     def _settled(self, version: tuple | None) -> bool:
@@ -122,6 +125,43 @@ class EnvFile:
         except OSError:
             return None
         return (found.st_ino, found.st_mtime_ns, found.st_size) if found and stat.S_ISREG(found.st_mode) else None
+
+
+log = logging.getLogger("reverse_api")
+# python-dotenv's own warning names a line but not the file; the one below names both.
+logging.getLogger("dotenv.main").setLevel(logging.ERROR)
+# Lines of each .env file that could not be read, by path: named at start and in credential errors.
+_UNREADABLE: dict[str, list[int]] = {}
+
+
+def _note_unreadable(path: Path | None, version: tuple | None) -> None:
+    """Find the lines python-dotenv skipped (it only says so in a log line without the file)."""
+    if path is None or version is None:
+        _UNREADABLE.pop(str(path), None)
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            lines = [binding.original.line for binding in parse_stream(stream) if binding.error]
+    except OSError:
+        lines = []
+    if lines and _UNREADABLE.get(str(path)) != lines:
+        log.warning(
+            "%s: %s cannot be read (NAME=value expected) and %s ignored",
+            path,
+            _lines(lines),
+            "is" if len(lines) == 1 else "are",
+        )
+    _UNREADABLE[str(path)] = lines
+
+
+def unreadable_env_lines() -> str:
+    """ " (.env line 3 could not be read)" for every .env read so far with such lines, else ""."""
+    found = [f"{path} {_lines(lines)}" for path, lines in _UNREADABLE.items() if lines]
+    return f" ({'; '.join(found)} could not be read)" if found else ""
+
+
+def _lines(numbers: list[int]) -> str:
+    return ("line " if len(numbers) == 1 else "lines ") + ", ".join(str(n) for n in numbers)
 
 
 def lookup(name: str, file_values: Mapping[str, str]) -> str | None:
@@ -203,6 +243,8 @@ def _convert(key: str, value: str) -> Any:
 def _check(settings: Mapping[str, Any]) -> None:
     if settings["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise SystemExit(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if not 1 <= settings["PORT"] <= 65535:
+        raise SystemExit(f"PORT={settings['PORT']} is not a port: it must be from 1 to 65535")
     for name in ("REQUEST_TIMEOUT", "CLIENT_TIMEOUT"):
         if not math.isfinite(settings[name]) or settings[name] <= 0:
             raise SystemExit(f"{name} must be a number of seconds, more than 0")

@@ -15,6 +15,7 @@ from converters import ApiError
 from placeholders import MissingVariables, UnsafePathValue, fill_headers, fill_placeholders, fill_url_path
 from provider_loader import Provider
 from provider_steps import Step
+from settings import unreadable_env_lines
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
 # What one header line cannot carry: a line break, a NUL, a character past Latin-1 (one search a value).
@@ -94,7 +95,8 @@ def fill_checked_headers(provider: Provider, headers: Any, values: dict, unset: 
 
 def missing_variables_error(provider: Provider, names: list[str]) -> ApiError:
     return ApiError(
-        f'Provider "{provider.name}" is missing its credential: set {", ".join(names)} in the environment or in .env.',
+        f'Provider "{provider.name}" is missing its credential: set {", ".join(names)} in the environment or in .env'
+        f"{unreadable_env_lines()}.",
         status=401,
         type="authentication_error",
         code="upstream_credential_missing",

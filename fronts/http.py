@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _socket
+import logging
 import select
 import socket
 import time
@@ -15,10 +16,12 @@ from werkzeug.exceptions import ClientDisconnected
 import json_codec
 from converters import ApiError
 from keepalive import WatchedReply
+from redaction import printable
 from services import RequestScope, Services
 from streaming import iter_coalesced
 
 READ_CHUNK = 64 * 1024
+log = logging.getLogger("reverse_api")
 # Proxies (nginx) must pass each event on at once, not buffer the stream.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -65,8 +68,52 @@ def client_socket() -> socket.socket | None:
 
 def stream_response(body: Iterator[bytes], reply: WatchedReply) -> Response:
     """An event stream: the view returns it and the body streams as the generator yields, what
-    ``reply`` delivered together written together."""
-    return Response(iter_coalesced(body, reply.ready), mimetype="text/event-stream", headers=STREAM_HEADERS)
+    ``reply`` delivered together written together; its log line is written when it ends."""
+    logged = _logged_stream(iter_coalesced(body, reply.ready), reply, StreamLog.of_request())
+    return Response(logged, mimetype="text/event-stream", headers=STREAM_HEADERS)
+
+
+class StreamLog:
+    """What a stream's log line names, taken while the request is still there (a streamed body
+    runs after Flask has let the request go)."""
+
+    def __init__(self, request_id: str, method: str, path: str, started: float) -> None:
+        self.request_id, self.method, self.path, self.started = request_id, method, path, started
+
+    @classmethod
+    def of_request(cls) -> StreamLog:
+        started = g.get("started", time.perf_counter())
+        return cls(g.get("request_id", ""), request.method, printable(request.path), started)
+
+    def write(self, first_byte: float | None, ended: str) -> None:
+        now = time.perf_counter()
+        shown = f"{(first_byte - self.started) * 1000:.1f}ms" if first_byte is not None else "none"
+        log.info(
+            "%s %s %s 200 stream: first byte %s, %.1fms in all, %s",
+            self.request_id,
+            self.method,
+            self.path,
+            shown,
+            (now - self.started) * 1000,
+            ended,
+        )
+
+
+def _logged_stream(body: Iterator[bytes], reply: WatchedReply, stream_log: StreamLog) -> Iterator[bytes]:
+    """The body, and one log line at its real end: when the first byte went, the whole time, and
+    how it ended (completed, client_left when the client went first, or the error it ended with)."""
+    first_byte = None
+    finished = False
+    try:
+        for frame in body:
+            if first_byte is None:
+                first_byte = time.perf_counter()
+            yield frame
+        finished = True
+    finally:
+        # Closed before its end: the client went (or a write to it failed). Its end with nothing
+        # said by the reply: the stream's own guard caught a bug.
+        stream_log.write(first_byte, (reply.ended or "error internal_error") if finished else "client_left")
 
 
 def set_write_timeout(seconds: float) -> None:
@@ -150,6 +197,8 @@ def model_field(body: dict) -> str:
         raise ApiError("'model' is required and must be a non-empty string.", param="model")
     if any(ord(c) < 32 or c == "\x7f" for c in model):
         raise ApiError("'model' must not contain control characters.", param="model")
+    if model != model.strip():  # "qwen3.7-plus " would be sent upstream as a model nobody has
+        raise ApiError(f"'model' has white space at its start or end: {model!r}.", param="model")
     return model
 
 

@@ -145,7 +145,7 @@ def test_actual_request_exposes_the_request_id(app_config, qwen_token):
     client = cors_app(app_config, "https://ui.example")
     response = client.get("/v1/models", headers={"Origin": "https://ui.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "https://ui.example"
-    assert response.headers["Access-Control-Expose-Headers"] == "x-request-id"
+    assert response.headers["Access-Control-Expose-Headers"] == "x-request-id, x-ignored-fields"
 
 
 def test_other_origins_get_no_cors_headers(app_config, qwen_token):
