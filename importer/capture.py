@@ -149,6 +149,7 @@ def _ansi_c_escape(text: str, i: int) -> tuple[str, int]:
 
 def parse_curl(text: str) -> Capture:
     """A Capture from "Copy as cURL (bash)" as Chrome and Firefox write it."""
+    _refuse_other_copy_formats(text.strip())
     words = split_shell_words(text.strip())
     if not words or words[0] != "curl":
         raise ProviderError("capture: expected a command starting with 'curl'")
@@ -167,6 +168,25 @@ def parse_curl(text: str) -> Capture:
             url = url or ("" if word.startswith("-") else word)
             index += 1
     return _capture_from_curl_options(url or (found.get("url") or [""])[0], found)
+
+
+# What the browsers' other "Copy as ..." entries write, and how each one starts.
+OTHER_COPY_FORMATS = (
+    ("Copy as fetch", re.compile(r"^(await\s+)?fetch\s*\(")),
+    ("Copy as PowerShell", re.compile(r"^(\$session\s*=|Invoke-WebRequest|Invoke-RestMethod)", re.IGNORECASE)),
+    ("Copy as cURL (cmd)", re.compile(r'^curl(\.exe)?\s+\^"')),
+    ("Copy as cURL (cmd)", re.compile(r"\s\^\r?\n")),
+)
+
+
+def _refuse_other_copy_formats(text: str) -> None:
+    """A capture copied with another of the browser's entries, named, with the one to use."""
+    for name, looks_like in OTHER_COPY_FORMATS:
+        if looks_like.search(text):
+            raise ProviderError(
+                f'capture: this was copied with "{name}"; in the browser\'s Network panel, right-click the '
+                'request and use "Copy as cURL (bash)" instead (or save the page\'s requests as a .har file)'
+            )
 
 
 def _capture_from_curl_options(url: str, found: dict[str, list[str]]) -> Capture:

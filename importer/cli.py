@@ -12,6 +12,7 @@ from pathlib import Path
 
 from importer.accounts import MAX_ACCOUNT, import_account
 from importer.folder import ImportResult, import_capture
+from importer.report import import_report
 from provider_loader import ProviderError, default_providers_dir
 from settings import DEFAULT_ENV_FILE, EnvFile, env_file_path, lookup
 
@@ -65,7 +66,10 @@ def _account_number(text: str) -> int:
 
 def _run(args: argparse.Namespace) -> ImportResult:
     if args.account is None:
-        return import_capture(args.name, args.file, args.providers_dir, args.env_file, args.match, args.force)
+        result = import_capture(args.name, args.file, args.providers_dir, args.env_file, args.match, args.force)
+        shadowing, result.next_step = import_report(args.name, args.providers_dir, args.env_file)
+        result.info.extend(shadowing)
+        return result
     return import_account(args.name, args.file, args.providers_dir, args.env_file, args.account, args.match, args.force)
 
 

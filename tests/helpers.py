@@ -33,3 +33,14 @@ def usage_total(prompt: int, completion: int, reasoning: int = 0, cached: int = 
 
 
 USAGE = usage_total(5, 7, reasoning=3)
+
+
+def import_lines(out: str) -> list[str]:
+    """What an import printed before the next step it ends with (that step and the shadowing lines
+    are tests/test_first_hour.py's)."""
+    lines = out.splitlines()
+    end = next(
+        (i for i, line in enumerate(lines) if line.startswith(("Next: start the service", "Next: the folder"))), None
+    )
+    assert end is not None, f"no next step in: {out!r}"
+    return lines[:end]

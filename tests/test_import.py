@@ -34,6 +34,7 @@ from provider_loader import Provider, ProviderError, parse_header_text
 from settings import DEFAULT_ENV_FILE
 from tests.conftest import ROOT
 from tests.fake_qwen import CHAT_ID, ServerThread
+from tests.helpers import import_lines
 
 # --- what the captures hold ----------------------------------------------------------------
 
@@ -366,7 +367,7 @@ def test_parse_curl_options(text, expected):
         ("", "starting with 'curl'"),
         ("hello world, this is not a capture", "starting with 'curl'"),
         ("wget https://example.com/x", "starting with 'curl'"),
-        ("fetch('https://example.com/x', {method: 'POST'})", "starting with 'curl'"),
+        ("fetch('https://example.com/x', {method: 'POST'})", 'copied with "Copy as fetch"'),
         ("curl", "no http(s) URL"),
         ("curl -H 'accept: x' --compressed", "no http(s) URL"),
         ("curl 'ftp://example.com/file'", "no http(s) URL"),
@@ -749,7 +750,7 @@ def test_import_qwen_chrome_capture(paths, capsys):
     code, out, err = run_import(capsys, *args)
     folder = providers / "qwen2"
     assert (code, err) == (0, "")
-    assert out.splitlines() == [
+    assert import_lines(out) == [
         f"Wrote {folder} (dialect: qwen).",
         f"Secrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}.",
         QWEN2_NO_REFRESH_TOKEN,
@@ -912,7 +913,7 @@ def test_command_line_in_a_subprocess(paths):
     command += ["--providers-dir", str(providers), "--env-file", str(env_file)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout.splitlines() == [
+    assert import_lines(done.stdout) == [
         f"Wrote {providers / 'qwen2'} (dialect: qwen).",
         f"Secrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}.",
         QWEN2_NO_REFRESH_TOKEN,
@@ -934,7 +935,7 @@ def test_existing_env_variables_are_kept_unless_forced(paths, capsys):
 
     code, out, _ = run_import(capsys, *args)
     assert code == 0
-    assert out.splitlines()[1:] == [
+    assert import_lines(out)[1:] == [
         f"Secrets moved to {env_file}: QWEN2_BX_UA, QWEN2_BX_UMIDTOKEN.",
         f"Kept existing values in {env_file} (use --force to replace): QWEN2_TOKEN, QWEN2_COOKIE.",
         QWEN2_NO_REFRESH_TOKEN,
@@ -951,7 +952,7 @@ def test_existing_env_variables_are_kept_unless_forced(paths, capsys):
 
     code, out, _ = run_import(capsys, *args, "--force")
     assert code == 0
-    assert out.splitlines()[1:] == [
+    assert import_lines(out)[1:] == [
         f"Secrets moved to {env_file}: {', '.join(QWEN2_VARIABLES)}.",
         QWEN2_NO_REFRESH_TOKEN,
     ]
@@ -1026,7 +1027,7 @@ def test_import_openai_compatible_capture(paths, capsys, prefix):
     )
     folder = providers / "local-llm"
     assert code == 0
-    assert out == f"Wrote {folder} (dialect: openai).\nSecrets moved to {env_file}: LOCAL_LLM_TOKEN.\n"
+    assert import_lines(out) == [f"Wrote {folder} (dialect: openai).", f"Secrets moved to {env_file}: LOCAL_LLM_TOKEN."]
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["dialect"] == "openai"
     assert (metadata["host"], metadata["scheme"]) == ("127.0.0.1:8089", "http")
@@ -1099,7 +1100,7 @@ def test_import_unknown_capture_and_health(paths, capsys, monkeypatch):
     )
     folder = providers / "asker"
     assert code == 0
-    assert out.splitlines() == [
+    assert import_lines(out) == [
         f"Wrote {folder} (dialect: unknown).",
         f"Secrets moved to {env_file}: ASKER_X_API_KEY.",
         'To do: The wire format was not recognised: set "dialect" in metadata.json to one of qwen, openai '

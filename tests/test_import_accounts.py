@@ -19,6 +19,7 @@ import provider_loader
 import settings
 from provider_loader import Provider
 from tests.conftest import SHIPPED_QWEN
+from tests.helpers import import_lines
 from tests.test_import import (
     BX_UA,
     BX_UMIDTOKEN,
@@ -105,7 +106,7 @@ def test_a_fresh_qwen_import_declares_the_shipped_refresh_step_under_its_own_pre
 def test_a_refresh_token_cookie_becomes_its_own_variable_and_leaves_the_jar(paths, capsys):
     providers, env_file, _ = paths
     folder, out = imported(paths, capsys)
-    assert out.splitlines() == [
+    assert import_lines(out) == [
         f"Wrote {folder} (dialect: qwen).",
         f"Secrets moved to {env_file}: {', '.join(MYQWEN_VARIABLES)}.",
         "Token refresh: MYQWEN_TOKEN is renewed at auth.qwen.ai with MYQWEN_REFRESH_TOKEN.",
@@ -164,7 +165,7 @@ def test_without_a_refresh_token_only_the_step_is_new(paths, capsys):
     capture = write(captures / "qwen.sh", chrome_qwen())
     code, out, _ = run_import(capsys, *import_args(providers, env_file, "myqwen", str(capture)))
     assert code == 0
-    assert out.splitlines()[1:] == [
+    assert import_lines(out)[1:] == [
         f"Secrets moved to {env_file}: MYQWEN_TOKEN, MYQWEN_BX_UA, MYQWEN_BX_UMIDTOKEN, MYQWEN_COOKIE.",
         "Token refresh: declared, but the captured Cookie held no refresh_token: MYQWEN_TOKEN is used until it "
         "expires; set MYQWEN_REFRESH_TOKEN in .env to have it renewed.",
@@ -181,7 +182,7 @@ def test_a_qwen_capture_off_qwen_ai_gets_no_refresh_step_and_says_so(paths, caps
     capture = write(captures / "qwen.sh", with_refresh_cookie(chrome_qwen(base=base)))
     code, out, _ = run_import(capsys, *import_args(providers, env_file, "mirror", str(capture)))
     assert code == 0
-    assert out.splitlines()[-1] == (
+    assert import_lines(out)[-1] == (
         f"Token refresh: none: the qwen dialect knows no refresh endpoint for {base}, so the folder has no "
         "refresh_credential step and MIRROR_TOKEN is used until it expires."
     )
@@ -201,10 +202,10 @@ def test_an_openai_import_is_as_before(paths, capsys):
     )
     code, out, _ = run_import(capsys, *import_args(providers, env_file, "local", str(capture)))
     assert code == 0
-    assert (
-        out
-        == f"Wrote {providers / 'local'} (dialect: openai).\nSecrets moved to {env_file}: LOCAL_TOKEN, LOCAL_COOKIE.\n"
-    )
+    assert import_lines(out) == [
+        f"Wrote {providers / 'local'} (dialect: openai).",
+        f"Secrets moved to {env_file}: LOCAL_TOKEN, LOCAL_COOKIE.",
+    ]
     assert "refresh_credential" not in json.loads((providers / "local" / "metadata.json").read_text())
     assert dotenv_values(env_file) == {
         "LOCAL_TOKEN": "sk-local-s3cret-0123456789",
