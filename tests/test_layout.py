@@ -36,7 +36,7 @@ LAYERS = [
     {"settings", "provider_loader", "provider_steps", "upstream", "upstream_requests", "model_catalog", "state"},
     {"accounts", "conversations", "refresh", "pipeline", "routing", "services"},  # one request's work
     {"fronts"},  # the client APIs
-    {"app", "probe", "status_page"},  # the app, its commands and its status page
+    {"app", "probe", "status_page", "serving"},  # the app, its commands, status page and gunicorn hooks
 ]
 IMPORTER = "importer"  # beside the service: may use the first two layers, and nothing uses it
 PURE = LAYERS[0]
