@@ -19,6 +19,7 @@ import time
 import uuid
 
 import requests
+from clients import completion_body, new_chat_body  # served with --chdir bench
 from flask import Flask, Response, request
 from requests.adapters import HTTPAdapter
 
@@ -35,29 +36,9 @@ app = Flask(__name__)
 
 def upstream_events(model: str, prompt: str):
     """(content, finished) of each upstream answer event."""
-    new_chat = {"chatId": "", "models": [model], "chat_type": "t2t", "timestamp": int(time.time() * 1000)}
-    answer = session.post(f"{UPSTREAM}/api/v2/chats/new", json=new_chat, headers=HEADERS, timeout=TIMEOUT)
+    answer = session.post(f"{UPSTREAM}/api/v2/chats/new", json=new_chat_body(), headers=HEADERS, timeout=TIMEOUT)
     chat_id = answer.json()["data"]["id"]
-    body = {
-        "stream": True,
-        "incremental_output": True,
-        "chat_id": chat_id,
-        "chat_mode": "normal",
-        "model": model,
-        "parent_id": None,
-        "messages": [
-            {
-                "role": "user",
-                "content": prompt,
-                "user_action": "chat",
-                "files": [],
-                "models": [model],
-                "chat_type": "t2t",
-                "feature_config": {"thinking_enabled": False, "output_schema": "phase"},
-            }
-        ],
-        "timestamp": int(time.time()),
-    }
+    body = completion_body(chat_id, prompt)  # what the direct arm and the service send
     url = f"{UPSTREAM}/api/v2/chat/completions?chat_id={chat_id}"
     with session.post(url, json=body, headers=HEADERS, stream=True, timeout=TIMEOUT) as response:
         raw = response.raw

@@ -12,6 +12,7 @@ the report gives the median and spread over ``plan.scale_repeats`` samples."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from clients import LeanClient, completion_request, history
@@ -30,39 +31,37 @@ def _orders(items: tuple[int, ...], repeats: int) -> list[tuple[int, ...]]:
 
 def cpu_per_request(bench: Bench, servers: Servers, body: bytes, events: int, test: str) -> float:
     """Service CPU per request over ``plan.scale_requests`` sequential non-streaming requests."""
-    n = bench.plan.scale_requests
-    client = LeanClient(servers.port)
-    ok = 0
-    try:
-        window = CpuWindow(servers)
-        for _ in range(n):
-            try:
-                if client.complete(body) != events:
-                    raise BenchError("incomplete answer")
-                ok += 1
-            except Exception as exc:
-                bench.fail(test, exc)
-                client.close()
-                client = LeanClient(servers.port)
-        cpu = window.stop()
-    finally:
-        client.close()
-    return cpu["service"] / ok if ok else float("nan")
+
+    def one(client: LeanClient) -> int:
+        if client.complete(body) != events:
+            raise BenchError("incomplete answer")
+        return 1
+
+    return _cpu_per_unit(bench, servers, one, bench.plan.scale_requests, test)
 
 
 def cpu_per_event(bench: Bench, servers: Servers, body: bytes, test: str) -> float:
     """Service CPU per relayed event over ``plan.scale_bursts`` burst streams."""
     events = bench.plan.burst_events
+
+    def one(client: LeanClient) -> int:
+        got = client.stream(body)
+        if got != events:
+            raise BenchError(f"incomplete: {got}/{events} events")
+        return got
+
+    return _cpu_per_unit(bench, servers, one, bench.plan.scale_bursts, test)
+
+
+def _cpu_per_unit(bench: Bench, servers: Servers, one: Callable[[LeanClient], int], times: int, test: str) -> float:
+    """Service CPU over ``times`` calls of ``one``, per unit it counted (requests, events)."""
     client = LeanClient(servers.port)
-    relayed = 0
+    units = 0
     try:
         window = CpuWindow(servers)
-        for _ in range(bench.plan.scale_bursts):
+        for _ in range(times):
             try:
-                got = client.stream(body)
-                if got != events:
-                    raise BenchError(f"incomplete: {got}/{events} events")
-                relayed += got
+                units += one(client)
             except Exception as exc:
                 bench.fail(test, exc)
                 client.close()
@@ -70,7 +69,7 @@ def cpu_per_event(bench: Bench, servers: Servers, body: bytes, test: str) -> flo
         cpu = window.stop()
     finally:
         client.close()
-    return cpu["service"] / relayed if relayed else float("nan")
+    return cpu["service"] / units if units else float("nan")
 
 
 def by_history(bench: Bench) -> None:
