@@ -14,13 +14,7 @@ from collections.abc import Iterable, Mapping
 def jwt_expiry(token: str) -> float | None:
     """The ``exp`` of a JWT, read without checking its signature (the upstream checks it); None
     for anything that is not a JWT with a numeric ``exp`` (such a token is used as it is)."""
-    parts = token.removeprefix("Bearer ").strip().split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+    claims = _jwt_part(token.removeprefix("Bearer "), 1)
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if isinstance(exp, (int, float)) and not isinstance(exp, bool):
         return float(exp)
@@ -29,14 +23,19 @@ def jwt_expiry(token: str) -> float | None:
 
 def is_jwt(token: str) -> bool:
     """Three base64url parts whose first is a JSON header naming its algorithm: what a JWT looks like."""
+    header = _jwt_part(token, 0)
+    return isinstance(header, dict) and "alg" in header
+
+
+def _jwt_part(token: str, index: int) -> object:
+    """Part ``index`` of a three-part token, base64url-decoded as JSON; None when it is none."""
     parts = token.strip().split(".")
     if len(parts) != 3:
-        return False
+        return None
     try:
-        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+        return json.loads(base64.urlsafe_b64decode(parts[index] + "=" * (-len(parts[index]) % 4)))
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return False
-    return isinstance(header, dict) and "alg" in header
+        return None
 
 
 def without_bearer(value: str) -> str:
