@@ -78,9 +78,8 @@ class Exchange:
 
     def __post_init__(self) -> None:
         # Rotated values live only in the store: blank them too, wherever the upstream echoes them.
-        rotated = self.account.record.get("values", {}).values() if self.account.record.get("values") else ()
-        redact = self.scope.redact_for(self.provider)
-        self.redact = redact.with_secrets(rotated) if rotated else redact
+        rotated = tuple(sorted(self.account.record.get("values", {}).values()))
+        self.redact = self.scope.redact_for(self.provider, rotated)
 
     @property
     def environment(self) -> dict[str, str]:

@@ -21,6 +21,7 @@ from state import Store, open_store
 from upstream import UpstreamClient
 
 RELOAD_CHECK_SECONDS = 1.0
+MAX_REDACTORS = 64
 DEFAULT_STATE_FILE = Path(__file__).resolve().with_name("state.sqlite3")
 
 log = logging.getLogger("reverse_api")
@@ -32,7 +33,7 @@ class RequestScope:
 
     registry: Registry
     file_values: dict[str, str]
-    redactors: Callable[[Provider | None], Redactor]
+    redactors: Callable[[Provider | None, tuple[str, ...]], Redactor]
     upstream: UpstreamClient
     models: ModelCatalog
     drift: DriftLogs
@@ -44,12 +45,13 @@ class RequestScope:
     @cached_property
     def redact(self) -> Redactor:
         """Every provider's secrets blanked: for text that may quote any of them (an error)."""
-        return self.redactors(None)
+        return self.redactors(None, ())
 
-    def redact_for(self, provider: Provider) -> Redactor:
-        """One provider's secrets blanked: what its upstream's frames pass through, so the cost per
-        frame does not grow with the secrets of every other provider."""
-        return self.redactors(provider)
+    def redact_for(self, provider: Provider, rotated: tuple[str, ...] = ()) -> Redactor:
+        """One provider's secrets blanked (and an account's ``rotated`` values, which only the
+        store holds): what its upstream's frames pass through, so the cost per frame does not
+        grow with the secrets of every other provider."""
+        return self.redactors(provider, rotated)
 
 
 class Services:
@@ -79,7 +81,7 @@ class Services:
         return RequestScope(
             registry,
             file_values,
-            lambda provider: self._redactors.of(registry, file_values, provider),
+            lambda provider, rotated: self._redactors.of(registry, file_values, provider, rotated),
             self.upstream,
             self.models,
             self.drift,
@@ -131,17 +133,21 @@ class Redactors:
         # One tuple, replaced whole: a thread never sees a new basis with the old redactors.
         self._state: tuple[Registry | None, dict | None, dict[str | None, Redactor]] = (None, None, {})
 
-    def of(self, registry: Registry, file_values: dict[str, str], provider: Provider | None) -> Redactor:
+    def of(
+        self, registry: Registry, file_values: dict[str, str], provider: Provider | None, rotated: tuple[str, ...]
+    ) -> Redactor:
         known_registry, known_values, made = self._state
-        if known_registry is not registry or known_values is not file_values:
+        # Rotated values change at each refresh: past a few dozen kept, start again.
+        if known_registry is not registry or known_values is not file_values or len(made) > MAX_REDACTORS:
             made = {}
             self._state = (registry, file_values, made)
-        key = provider.name if provider else None
+        key = (provider.name if provider else None, rotated)
         found = made.get(key)
         if found is None:
             providers = [provider] if provider else registry.providers.values()
             names = {name for p in providers for name in _every_account_name(p, file_values)}
-            found = made[key] = Redactor(read_variables(names, file_values).values())
+            found = Redactor(read_variables(names, file_values).values())
+            found = made[key] = found.with_secrets(rotated) if rotated else found
         return found
 
 

@@ -13,6 +13,7 @@ import requests
 from app import create_app, exposure_warning
 from tests.conftest import TOKEN, copy_provider
 from tests.fake_qwen import Reply, ServerThread, answer_frames, delta_frame, frame, sse_reply
+from tests.test_serving import free_port
 
 KEY = "sk-proxy-key-123456"
 OTHER_KEY = "sk-proxy-key-abcdef"
@@ -348,6 +349,7 @@ def test_debug_logging_from_python_app_py_keeps_urllib3_request_lines_out(monkey
     import app as app_module
 
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("PORT", str(free_port()))  # main() checks that its port is free first
     monkeypatch.setattr(app_module.os, "execv", lambda *args: None)  # stop before gunicorn takes over
     monkeypatch.setattr(app_module.logging, "basicConfig", lambda **kwargs: logging.getLogger().setLevel("DEBUG"))
     app_module.main([])
