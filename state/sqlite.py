@@ -84,7 +84,9 @@ class SqliteStore:
             return self._read(db, key)
 
     def put(self, key: str, value: dict, ttl: float | None = None) -> None:
-        with self._transaction() as db:
+        # One statement: SQLite's own transaction around it is enough (and spares two round trips).
+        with self._connection() as db:
+            self._purge_now_and_then(db)
             self._write(db, key, value, ttl)
 
     def delete(self, key: str) -> None:
@@ -119,15 +121,19 @@ class SqliteStore:
 
     def try_lease(self, group: str, member: str, limit: int, ttl: float) -> bool:
         now = time.time()
+        if not limit:  # nothing to count: one statement (lapsed leases go with the periodic purge)
+            with self._connection() as db:
+                db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (group, member, now + ttl))
+            return True
         with self._transaction() as db:
             db.execute("DELETE FROM leases WHERE grp = ? AND expires <= ?", (group, now))
-            if limit and not self._has_room(db, group, member, limit):
+            if not self._has_room(db, group, member, limit):
                 return False
             db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (group, member, now + ttl))
             return True
 
     def drop_lease(self, group: str, member: str) -> None:
-        with self._transaction() as db:
+        with self._connection() as db:
             db.execute("DELETE FROM leases WHERE grp = ? AND member = ?", (group, member))
 
     def count_leases(self, group: str) -> int:
