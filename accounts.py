@@ -358,7 +358,7 @@ def _without_pasted_prefix(provider: Provider, variable: str, value: str) -> str
         _WARNED_PREFIXES.add(variable)
         log.warning(
             "%s holds its 'Bearer ' prefix; provider %s adds it itself, so it is sent once. "
-            "Remove the prefix from the value in .env.",
+            "Remove the prefix from the value (in .env, or in the environment).",
             variable,
             provider.name,
         )

@@ -307,12 +307,18 @@ def health_report() -> dict:
             providers[name]["reload_error"] = scope.registry.stale[name]  # serving its last good version
     for name, reason in scope.registry.errors.items():
         providers[name] = {"loaded": False, "error": reason}
-    usable = any(p.get("credentials_set") for p in providers.values())
+    usable = any(p.get("credentials_set") and _has_a_live_token(p) for p in providers.values())
     healthy = usable and not scope.registry.errors and not scope.registry.stale
     body = {"status": "ok" if healthy else "degraded", "providers": providers}
     if store_error:
         body["state_store_error"] = store_error
     return body
+
+
+def _has_a_live_token(provider: dict) -> bool:
+    """No account left whose token is known expired with nothing to renew it (told without asking)."""
+    accounts = provider.get("accounts") or []
+    return not accounts or any(account.get("token_check") != "expired" for account in accounts)
 
 
 # --- serving -------------------------------------------------------------------------------

@@ -66,8 +66,8 @@ def check_model_known(models: ModelCatalog, provider: Provider, model: str) -> N
     close = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(m) for m in close)}?" if close else ""
     raise ApiError(
-        f"The model '{model}' does not exist at provider \"{provider.name}\" (its upstream lists {len(known)} "
-        f"models; GET /v1/models shows them).{hint}",
+        f"The model '{model}' does not exist at provider \"{provider.name}\" (its upstream lists {len(listed)} "
+        f"ids; GET /v1/models shows them).{hint}",
         status=404,
         param="model",
         code="model_not_found",

@@ -13,7 +13,22 @@ from html import escape
 from typing import Any
 
 # Shown in their own columns; any other scalar an account gains later goes to "other".
-ACCOUNT_COLUMNS = ("id", "state", "access_expires_in", "cooldown_until", "reason", "in_flight", "last_refresh")
+ACCOUNT_COLUMNS = (
+    "id",
+    "state",
+    "access_expires_in",
+    "cooldown_until",
+    "reason",
+    "in_flight",
+    "last_refresh",
+    "token_check",
+)
+# What /health's token_check says, in words a newcomer reads.
+TOKEN_CHECKS = {
+    "ok": "looks fine",
+    "not_a_jwt": "not a JWT: check the value pasted (the whole token after 'Bearer ')",
+    "expired": "expired, and nothing can renew it: capture it again (with its refresh token)",
+}
 REFRESH_SECONDS = 3
 NOTHING = "—"
 
@@ -112,8 +127,8 @@ def _provider(name: str, info: dict) -> str:
             f'<p class="error">Serving its last good version; the reload failed: {_text(info["reload_error"])}</p>'
         )
     missing = [str(n) for n in info.get("missing_variables") or []]
-    if missing:
-        parts.append(f'<p class="error">Missing variables: {escape(", ".join(missing))}</p>')
+    if missing:  # not configured: no error unless it is wanted (then README "Credentials and accounts")
+        parts.append(f'<p class="muted">Not configured: set {escape(", ".join(missing))} to use it.</p>')
     elif info.get("credentials_set"):
         parts.append('<p class="muted">Credentials set.</p>')
     accounts = [_mapping(a) for a in info.get("accounts") or []]
@@ -124,8 +139,8 @@ def _provider(name: str, info: dict) -> str:
 def _accounts_table(provider: str, accounts: list[dict]) -> str:
     if not accounts:
         return '<p class="muted">No account has a token.</p>'
-    head = "".join(f"<th>{h}</th>" for h in ("account", "state", "token expires in", "cooldown", "in flight"))
-    head += "<th>last refresh</th><th>other</th>"
+    head = "".join(f"<th>{h}</th>" for h in ("account", "state", "token expires in", "token", "cooldown"))
+    head += "<th>in flight</th><th>last refresh</th><th>other</th>"
     rows = "".join(_account_row(provider, account) for account in accounts)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
@@ -138,6 +153,7 @@ def _account_row(provider: str, account: dict) -> str:
         escape(account_id),
         f'<span class="{_css(state)}">{escape(state)}</span>',
         _expiry(account.get("access_expires_in")),
+        _token_check(account.get("token_check")),
         _cooldown(account.get("cooldown_until"), account.get("reason")),
         _text(account.get("in_flight", 0)),
         _last_refresh(account.get("last_refresh")),
@@ -174,6 +190,14 @@ def _last_refresh(value: Any) -> str:
     if isinstance(value, dict):
         return f"{_when(value.get('at'))} ({_text(value.get('outcome', '?'))})"
     return _when(value) if value else NOTHING
+
+
+def _token_check(check: Any) -> str:
+    if check is None:
+        return NOTHING
+    words = TOKEN_CHECKS.get(str(check), str(check))
+    css = "muted" if check == "ok" else "error"
+    return f'<span class="{css}" data-token-check="{escape(str(check))}">{escape(words)}</span>'
 
 
 def _others(account: dict) -> str:
@@ -215,6 +239,8 @@ def _when(epoch: Any) -> str:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return escape(", ".join(map(str, value)) if isinstance(value, list) else str(value))
 
 

@@ -169,8 +169,9 @@ def iter_guarded(
     try:
         yield from frames
     except ApiError as exc:
-        # Upstream text: one log line, whatever it holds.
-        log.warning("stream %s ended with an error: %s", stream_id, printable(redact(exc.message)))
+        # Upstream text: one log line, whatever it holds. A client that left is no fault here.
+        level = logging.INFO if exc.code == "client_gone" else logging.WARNING
+        log.log(level, "stream %s ended: %s (%s)", stream_id, printable(redact(exc.message)), exc.code)
         yield render_error(exc)
     except Exception:  # a bug must still end the stream the way clients understand
         log.exception("stream %s failed", stream_id)

@@ -172,9 +172,12 @@ def parse_curl(text: str) -> Capture:
 
 # What the browsers' other "Copy as ..." entries write, and how each one starts.
 OTHER_COPY_FORMATS = (
-    ("Copy as fetch", re.compile(r"^(await\s+)?fetch\s*\(")),
-    ("Copy as PowerShell", re.compile(r"^(\$session\s*=|Invoke-WebRequest|Invoke-RestMethod)", re.IGNORECASE)),
-    ("Copy as cURL (cmd)", re.compile(r'^curl(\.exe)?\s+\^"')),
+    ("Copy as fetch", re.compile(r"^\s*(await\s+)?fetch\s*\(", re.MULTILINE)),
+    (
+        "Copy as PowerShell",
+        re.compile(r"^\s*(\$session\s*=|Invoke-WebRequest|Invoke-RestMethod)", re.IGNORECASE | re.MULTILINE),
+    ),
+    ("Copy as cURL (cmd)", re.compile(r'^\s*curl(\.exe)?\s+\^"', re.MULTILINE)),
     ("Copy as cURL (cmd)", re.compile(r"\s\^\r?\n")),
 )
 

@@ -374,7 +374,8 @@ def _import_notes(dialect: str | None, body: Any) -> list[str]:
 
 
 def write_env_values(env_file: Path, values: Mapping[str, str], force: bool = False) -> tuple[list[str], list[str]]:
-    """Add variables to a .env file (created with mode 0600); existing ones are kept unless ``force``."""
+    """Add variables to a .env file (created with mode 0600); existing ones are kept unless
+    ``force``. One set to nothing (``QWEN_TOKEN=`` as .env.example has it) is filled in."""
     existing = env_file.read_text(encoding="utf-8").splitlines() if env_file.exists() else []
     names = {
         line.split("=", 1)[0].strip().removeprefix("export ").strip(): i
@@ -384,7 +385,7 @@ def write_env_values(env_file: Path, values: Mapping[str, str], force: bool = Fa
     written, kept = [], []
     for name, value in values.items():
         line = f"{name}={_env_quote(value)}"
-        if name in names and not force:
+        if name in names and not force and not _is_empty_assignment(existing[names[name]]):
             kept.append(name)
             continue
         if name in names:
@@ -401,6 +402,12 @@ def write_env_values(env_file: Path, values: Mapping[str, str], force: bool = Fa
             ) from None
         write_atomically(env_file, data)  # only its owner can read it, and no reader sees half of it
     return written, kept
+
+
+def _is_empty_assignment(line: str) -> bool:
+    """``NAME=``, ``NAME=""`` or ``NAME=''`` (a comment after it allowed): a value left to fill."""
+    value = line.split("=", 1)[1].split(" #", 1)[0].strip()
+    return value in ("", '""', "''")
 
 
 def _env_quote(value: str) -> str:

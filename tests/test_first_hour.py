@@ -322,3 +322,34 @@ def test_ctrl_c_during_a_stream_ends_it_with_an_error_event_and_no_traceback(tmp
     assert caught.value.body["code"] == "service_stopping"
     assert "Traceback" not in output, output
     assert "error service_stopping" in output  # and the stream's log line says how it ended
+
+
+def test_an_expired_token_nothing_can_renew_makes_health_degraded(app_config, monkeypatch):
+    monkeypatch.setenv("QWEN_TOKEN", jwt(time.time() - 60))
+    monkeypatch.delenv("QWEN_REFRESH_TOKEN", raising=False)
+    assert create_app(app_config).test_client().get("/health").get_json()["status"] == "degraded"
+
+
+def test_an_import_fills_the_empty_placeholders_env_example_left(tmp_path, capsys):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# copied from .env.example\nQWEN_TOKEN=\nQWEN_REFRESH_TOKEN=''\nKEPT=1\n")
+    capture = tmp_path / "capture.txt"
+    capture.write_text(qwen_curl(token="eyJhbGciOiJIUzI1NiJ9.e30.c2ln"))
+    code, out, _ = run_import(
+        capsys, "qwen", str(capture), "--providers-dir", str(tmp_path / "p"), "--env-file", str(env_file)
+    )
+    assert code == 0
+    from dotenv import dotenv_values
+
+    values = dotenv_values(env_file)
+    assert values["QWEN_TOKEN"] == "eyJhbGciOiJIUzI1NiJ9.e30.c2ln" and values["KEPT"] == "1"
+    assert "Kept existing values" not in out
+
+
+def test_a_fetch_copy_after_other_text_is_named_too(tmp_path, capsys):
+    capture = tmp_path / "capture.txt"
+    capture.write_text('// copied from the browser\nfetch("https://chat.qwen.ai/api/v2/chat/completions", {});\n')
+    code, _, err = run_import(
+        capsys, "qwen2", str(capture), "--providers-dir", str(tmp_path / "p"), "--env-file", str(tmp_path / ".env")
+    )
+    assert code == 1 and 'copied with "Copy as fetch"' in err

@@ -138,8 +138,14 @@ def test_in_flight_and_last_refresh_are_shown():
 def test_missing_variables_are_named():
     info = loaded(credentials_set=False, missing_variables=["QWEN_TOKEN", "QWEN_COOKIE"])
     html = status_page.render({"status": "degraded", "providers": {"qwen": info}})
-    assert "Missing variables: QWEN_TOKEN, QWEN_COOKIE" in html
+    assert "Not configured: set QWEN_TOKEN, QWEN_COOKIE to use it." in html
     assert "No account has a token." in html
+
+
+@pytest.mark.parametrize(("check", "words"), [("not_a_jwt", "not a JWT"), ("expired", "capture it again")])
+def test_a_token_check_is_said_in_words(check, words):
+    shown = row(status_page.render({"providers": {"qwen": loaded(account(token_check=check))}}), "qwen", "1")
+    assert words in shown and f'data-token-check="{check}"' in shown
 
 
 def test_the_last_error_shows_its_code_status_and_time():
@@ -171,9 +177,9 @@ def test_a_state_store_error_and_a_reload_error_are_shown():
 
 
 def test_unknown_scalar_account_fields_are_shown_by_name_and_others_ignored():
-    extra = account(token_check="rejected", checked_at=NOW, nested={"secret": "x"}, listed=[1, 2])
+    extra = account(token_state="rejected", checked_at=NOW, nested={"secret": "x"}, listed=[1, 2])
     shown = row(status_page.render({"providers": {"qwen": loaded(extra)}}), "qwen", "1")
-    assert "token_check: rejected" in shown and f"checked_at: {NOW}" in shown
+    assert "token_state: rejected" in shown and f"checked_at: {NOW}" in shown
     assert "nested" not in shown and "listed" not in shown
 
 
