@@ -16,6 +16,7 @@ REASONING_FORMATS = ("reasoning_content", "think-tags", "hidden")
 THINK_CLOSE = "\n</think>\n\n"
 TEXT_PARTS = ("text", "refusal")
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # what a non-streaming request may collect of a reply
+CLIENT_GONE = "client_gone"  # the code of a reply nobody waits for any more: no fault of a provider
 
 
 class ApiError(Exception):

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from converters import ApiError, Delta, upstream_error
+from converters import CLIENT_GONE, ApiError, Delta, upstream_error
 
 QUEUE_SIZE = 64  # deltas read ahead of a slow client; past this the reader waits
 OFFER_RETRY_SECONDS = 0.5  # how often a waiting reader checks whether anyone still listens
-CLIENT_GONE = "client_gone"
 PAUSE_SECONDS = 0.002  # items further apart than this are a paced stream, not a burst
 _OPEN_REPLIES: weakref.WeakSet = weakref.WeakSet()  # the replies being read, for end_open_replies
 

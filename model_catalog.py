@@ -54,8 +54,8 @@ class ModelCatalog:
 
     def fresh_list(self, provider: Provider) -> list[str] | None:
         """The provider's upstream list when it has one and it is fresh (no upstream call)."""
-        expires, ids = self._cache.get(provider.name, (0.0, []))
-        return ids if ids and time.monotonic() < expires else None
+        ids = self._cached(provider.name)
+        return ids if ids and not self._stale(provider) else None
 
     def owner(self, model: str, providers: list[Provider]) -> Provider | None:
         """The first provider whose last upstream list names the model (no upstream call)."""

@@ -22,6 +22,7 @@ from accounts import EXHAUSTED, Account, Lease
 from conversations import ReplyRecord, continued_request, iter_remembering
 from converters import (
     CHAT_GONE,
+    CLIENT_GONE,
     ApiError,
     ChatRequest,
     Delta,
@@ -139,7 +140,7 @@ def _noting_errors(scope: RequestScope, provider: Provider, deltas: Iterator[Del
     try:
         yield from deltas
     except ApiError as exc:
-        if exc.code != "client_gone":
+        if exc.code != CLIENT_GONE:
             scope.drift.note_error(provider.name, exc.code, exc.status)
         raise
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import json_codec
-from converters import ApiError
+from converters import CLIENT_GONE, ApiError
 from redaction import Redactor, printable
 
 DONE = b"data: [DONE]\n\n"
@@ -170,7 +170,7 @@ def iter_guarded(
         yield from frames
     except ApiError as exc:
         # Upstream text: one log line, whatever it holds. A client that left is no fault here.
-        level = logging.INFO if exc.code == "client_gone" else logging.WARNING
+        level = logging.INFO if exc.code == CLIENT_GONE else logging.WARNING
         log.log(level, "stream %s ended: %s (%s)", stream_id, printable(redact(exc.message)), exc.code)
         yield render_error(exc)
     except Exception:  # a bug must still end the stream the way clients understand
